@@ -1,0 +1,1 @@
+"""Adapters the actors stand on: settings, the ClickHouse store, NATS streams, Kafka, the CLI."""

@@ -1,0 +1,62 @@
+"""One settings object for the whole service.
+
+Values come from, in increasing priority: the defaults below (which work on a laptop),
+a TOML file named by ``EXEC_CONFIG``, and environment variables ``EXEC_<FIELD>`` in
+upper case (``EXEC_NATS_URL``, ``EXEC_CLICKHOUSE_DSN``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    run_dir: str = str(REPO_ROOT / ".run")
+    nats_url: str = "nats://127.0.0.1:4222"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    # Empty means embedded chdb under run_dir; http(s)://user:pass@host:port/db for a server.
+    clickhouse_dsn: str = ""
+    clickhouse_database: str = "suho_analytics"
+    archive_topic: str = "order_execution_archive"
+    archive_partitions: int = 6
+    admin_port: int = 19500
+    # Stream names are prefixed so several instances can share one NATS server in tests.
+    stream_prefix: str = "EXEC"
+    dead_letter_subject: str = "signals.deadletter"
+    idempotency_window_hours: float = 24.0
+    cross_check_trading_signals: bool = False
+    default_order_type: str = "market"
+    default_time_in_force: str = "GTC"
+    deviation_points: int = 20
+    magic: int = 770001
+    order_actor_pool: int = 4
+    broker_timeout_s: float = 5.0
+    reconcile_interval_s: float = 30.0
+    auto_correct_positions: bool = False
+    batch_size: int = 500
+    batch_window_ms: int = 25
+    log_level: str = "INFO"
+
+    @property
+    def dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{Path(self.run_dir).resolve()}/chdb"
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    env = dict(os.environ if env is None else env)
+    values: dict[str, object] = {}
+    if config_file := env.get("EXEC_CONFIG"):
+        values.update(tomllib.loads(Path(config_file).read_text()))
+    for field in msgspec.structs.fields(Settings):
+        raw = env.get(f"EXEC_{field.name.upper()}")
+        if raw is not None:
+            values[field.name] = raw
+    values.update(overrides)
+    # str_values lets "5.0" and "true" from the environment decode into their typed fields.
+    return msgspec.convert(values, Settings, strict=False)
