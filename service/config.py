@@ -35,7 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     default_time_in_force: str = "GTC"
     deviation_points: int = 20
     magic: int = 770001
-    order_actor_pool: int = 4
+    # Warm OrderActor processes kept ready, and the most there may be (one per active order).
+    order_actor_pool: int = 8
+    order_actor_max: int = 64
     broker_timeout_s: float = 5.0
     reconcile_interval_s: float = 30.0
     auto_correct_positions: bool = False
@@ -58,5 +60,5 @@ def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Set
         if raw is not None:
             values[field.name] = raw
     values.update(overrides)
-    # str_values lets "5.0" and "true" from the environment decode into their typed fields.
+    # strict=False lets "5.0" and "true" from the environment decode into their typed fields.
     return msgspec.convert(values, Settings, strict=False)

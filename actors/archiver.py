@@ -1,0 +1,42 @@
+"""Archiver: every recorded lifecycle event to Kafka ``order_execution_archive``, keyed by
+order_id so one order's events stay in order (idempotent producer, acks=all)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from actors.sink import SinkActor
+from messages.actor import Publish
+from messages.codec import encode
+from messages.order import OrderEvent
+from service.kafka import archive_producer, ensure_topic
+
+
+class Archiver(SinkActor):
+    role = "archiver"
+    producer: AIOKafkaProducer | None = None
+
+    async def open(self) -> None:
+        await ensure_topic(self.settings)
+        producer = archive_producer(self.settings)
+        await producer.start()
+        self.producer = producer
+
+    def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
+        self.enqueue(message.events)
+
+    async def write(self, batch: list[OrderEvent]) -> None:
+        assert self.producer is not None
+        sent = [
+            await self.producer.send(
+                self.settings.archive_topic,
+                value=encode(event),
+                key=str(event.order_id).encode(),
+                headers=[("event_id", event.event_id.encode())],
+            )
+            for event in batch
+        ]
+        await asyncio.gather(*sent)

@@ -1,0 +1,186 @@
+"""BrokerGateway: the only actor that speaks to mt5-connector.
+
+Out: order requests on ``orders.submitted.{symbol}`` (JetStream, Nats-Msg-Id = order_id, so a
+resend of the same order is dropped by the server) and the request/reply additions (status,
+positions, cancel). In: the durable ``broker.>`` consumer; each piece of news goes to the
+actor that holds its order, or to the supervisor, which revives the order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from actors.lifecycle import fill_of
+from actors.loop import LoopActor
+from messages import broker as wire
+from messages.actor import (
+    BrokerNews,
+    BrokerUpdate,
+    CancelAtBroker,
+    Configure,
+    Orphan,
+    Peers,
+    PositionsReply,
+    QueryBroker,
+    QueryPositions,
+    Ready,
+    RecordDeals,
+    Route,
+    Submit,
+)
+from messages.codec import ContractError, decode, encode
+from messages.order import OrderStatusMessage
+from messages.symbols import SYMBOLS
+from service.config import Settings
+from service.streams import connect_nats, ensure_streams
+from service.logs import Log
+
+log = Log(__name__)
+
+NEWS_KINDS: dict[str, type[BrokerNews]] = {
+    "fill": wire.BrokerFill,
+    "error": wire.BrokerError,
+    "placed": wire.BrokerPlaced,
+    "cancelled": wire.BrokerCancelled,
+}
+REQUEST_TIMEOUT_S = 2.0
+
+
+class Inbound(msgspec.Struct):
+    """News decoded on the loop, handed to the actor thread for routing (never crosses processes)."""
+
+    news: BrokerNews
+    ack: Any
+
+
+class BrokerGateway(LoopActor):
+    def __init__(self) -> None:
+        super().__init__()
+        # order_id -> the OrderActor holding it; set by Submit and Route.
+        self.routes: dict[uuid.UUID, Any] = {}
+
+    def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.peers: Peers = message.peers
+        if self.loop is None:
+            self.start_loop()
+            self.spawn(self._connect_and_consume(sender))
+        else:
+            self.send(sender, Ready("gateway"))
+
+    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        self.peers = message
+
+    async def _connect_and_consume(self, configurer: Any) -> None:
+        self.nc, self.js = await connect_nats(self.settings)
+        await ensure_streams(self.js, self.settings)
+        subscription = await self.js.pull_subscribe(
+            "broker.>",
+            durable=f"{self.settings.stream_prefix}_gateway",
+            stream=f"{self.settings.stream_prefix}_BROKER",
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30),
+        )
+        self.deliver(configurer, Ready("gateway"))
+        while True:
+            try:
+                batch = await subscription.fetch(256, timeout=1.0)
+            except asyncio.TimeoutError:
+                continue
+            except Exception as exc:  # a NATS restart: the client reconnects, we keep fetching
+                log.warning("broker consumer fetch failed: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            for msg in batch:
+                kind = msg.subject.split(".")[1]
+                try:
+                    news = decode(msg.data, NEWS_KINDS[kind])
+                except (ContractError, KeyError) as exc:
+                    log.error("unreadable broker message on %s: %s", msg.subject, exc)
+                    await msg.term()
+                    continue
+                self.deliver(None, Inbound(news, msg.ack))
+
+    # --- routing news --------------------------------------------------------------------
+
+    def receiveMsg_Inbound(self, message: Inbound, sender: Any) -> None:
+        news = message.news
+        order_id = getattr(news, "order_id", None)
+        if order_id is None:
+            # A deal with no order of ours behind it: an SL/TP/stop-out close at the broker.
+            assert isinstance(news, wire.BrokerFill)
+            self.send(self.peers.recorder, RecordDeals([fill_of(news, None, SYMBOLS[news.symbol])]))
+        else:
+            self._route(BrokerUpdate(order_id, news))
+        self.spawn(message.ack())
+
+    def _route(self, update: BrokerUpdate) -> None:
+        actor = self.routes.get(update.order_id)
+        if actor is None:
+            self.send(self.peers.supervisor, Orphan(update))
+        else:
+            self.send(actor, update)
+
+    def receiveMsg_Route(self, message: Route, sender: Any) -> None:
+        self.routes[message.order_id] = sender
+
+    # --- requests to the connector -------------------------------------------------------
+
+    def receiveMsg_Submit(self, message: Submit, sender: Any) -> None:
+        request = message.request
+        self.routes[request.order_id] = sender
+        self.spawn(self._publish_request(request, message.pending))
+
+    async def _publish_request(self, request: wire.OrderRequest, pending: OrderStatusMessage | None) -> None:
+        if pending is not None:
+            await self._publish(f"orders.pending.{pending.symbol}", pending, f"{pending.order_id}:{pending.seq}")
+        # The order_id as message id: JetStream drops a resend of the same order.
+        await self._publish(f"orders.submitted.{request.symbol}", request, str(request.order_id))
+
+    async def _publish(self, subject: str, message: msgspec.Struct, message_id: str) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.js.publish(subject, encode(message), headers={"Nats-Msg-Id": message_id})
+                return
+            except Exception as exc:  # NATS down: held here until it goes out
+                log.warning("%s for %s not published (%s); retrying", subject, message_id, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(2.0, backoff * 2)
+
+    def receiveMsg_QueryBroker(self, message: QueryBroker, sender: Any) -> None:
+        async def query() -> None:
+            reply = await self._request(wire.ORDER_STATUS_SUBJECT, wire.OrderStatusQuery(order_ids=message.order_ids))
+            if reply is not None:
+                for report in decode(reply, wire.OrderStatusReport).orders:
+                    self.deliver(sender, BrokerUpdate(report.order_id, report))
+
+        self.spawn(query())
+
+    def receiveMsg_CancelAtBroker(self, message: CancelAtBroker, sender: Any) -> None:
+        async def cancel() -> None:
+            reply = await self._request(wire.CANCEL_SUBJECT, wire.CancelRequest(order_id=message.order_id))
+            if reply is not None:
+                self.deliver(sender, BrokerUpdate(message.order_id, decode(reply, wire.RequestResult)))
+
+        self.spawn(cancel())
+
+    def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
+        async def query() -> None:
+            reply = await self._request(wire.POSITIONS_SUBJECT, wire.PositionsQuery())
+            if reply is not None:
+                self.deliver(sender, PositionsReply(decode(reply, wire.PositionsReport)))
+
+        self.spawn(query())
+
+    async def _request(self, subject: str, payload: msgspec.Struct) -> bytes | None:
+        """A request to the connector; None when it does not answer (the asker retries on its timer)."""
+        try:
+            return (await self.nc.request(subject, encode(payload), timeout=REQUEST_TIMEOUT_S)).data
+        except Exception as exc:
+            log.warning("connector did not answer %s: %s", subject, exc)
+            return None

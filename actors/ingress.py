@@ -1,0 +1,154 @@
+"""Ingress: the durable consumer of ``signals.approved.>``; validates before anything else.
+
+Invalid input (malformed JSON, wrong types, not approved, hold, unknown symbol, bad volume,
+a payload symbol that disagrees with the subject) is dead-lettered with its reason, logged,
+and acknowledged so it is not redelivered forever. A valid signal is acknowledged only when
+its order is recorded in ClickHouse (SignalsDurable) or it is a known duplicate
+(SignalSettled); if the service dies before that, JetStream delivers it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from actors.loop import LoopActor
+from messages.actor import (
+    Configure,
+    CrossCheck,
+    CrossChecked,
+    Peers,
+    Ready,
+    SignalReceived,
+    SignalsDurable,
+    SignalSettled,
+)
+from messages.codec import ContractError, decode, encode
+from messages.order import DeadLetter
+from messages.signal import SignalRefused, TradingSignal, check_executable
+from messages.symbols import SYMBOLS
+from service.config import Settings
+from service.streams import connect_nats, ensure_streams
+from service.logs import Log
+
+log = Log(__name__)
+
+ACK_WAIT_S = 60
+
+
+class Accepted(msgspec.Struct):
+    """A valid signal handed from the loop to the actor thread (never crosses processes)."""
+
+    signal: TradingSignal
+    subject: str
+    msg: Any
+
+
+class Ingress(LoopActor):
+    def __init__(self) -> None:
+        super().__init__()
+        # signal_id -> deliveries waiting for their acknowledgement
+        self.unacked: dict[uuid.UUID, list[Any]] = {}
+        self.checking: dict[uuid.UUID, Accepted] = {}
+
+    def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.peers: Peers = message.peers
+        if self.loop is None:
+            self.start_loop()
+            self.spawn(self._consume(sender))
+        else:
+            self.send(sender, Ready("ingress"))
+
+    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        self.peers = message
+
+    async def _consume(self, configurer: Any) -> None:
+        self.nc, self.js = await connect_nats(self.settings)
+        await ensure_streams(self.js, self.settings)
+        subscription = await self.js.pull_subscribe(
+            "signals.approved.>",
+            durable=f"{self.settings.stream_prefix}_ingress",
+            stream=f"{self.settings.stream_prefix}_SIGNALS",
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT_S, max_ack_pending=20_000
+            ),
+        )
+        self.deliver(configurer, Ready("ingress"))
+        while True:
+            try:
+                batch = await subscription.fetch(256, timeout=1.0)
+            except asyncio.TimeoutError:
+                continue
+            except Exception as exc:  # a NATS restart: the client reconnects, we keep fetching
+                log.warning("signal consumer fetch failed: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            for msg in batch:
+                await self._validate(msg)
+
+    async def _validate(self, msg: Any) -> None:
+        subject_symbol = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else None
+        try:
+            signal = decode(msg.data, TradingSignal)
+            check_executable(signal, subject_symbol, SYMBOLS)
+        except (ContractError, SignalRefused) as refused:
+            await self._dead_letter(msg, refused.reason, refused.detail, getattr(refused, "field", None))
+            return
+        self.deliver(None, Accepted(signal, msg.subject, msg))
+
+    async def _dead_letter(self, msg: Any, reason: str, detail: str, field: str | None) -> None:
+        log.warning("signal refused on %s: %s: %s", msg.subject, reason, detail)
+        letter = DeadLetter(
+            subject=msg.subject,
+            reason=reason,
+            detail=detail,
+            field=field,
+            payload=msg.data.decode(errors="replace"),
+            received_at=datetime.now(UTC),
+        )
+        await self.js.publish(self.settings.dead_letter_subject, encode(letter))
+        await msg.ack()
+
+    # --- on the actor thread ------------------------------------------------------------------
+
+    def receiveMsg_Accepted(self, message: Accepted, sender: Any) -> None:
+        signal_id = message.signal.signal_id
+        waiting = self.unacked.get(signal_id)
+        self.unacked.setdefault(signal_id, []).append(message.msg)
+        if waiting:
+            return  # a redelivery of a signal already on its way: acknowledged with the first
+        if self.settings.cross_check_trading_signals:
+            self.checking[signal_id] = message
+            self.send(self.peers.recorder, CrossCheck([signal_id]))
+        else:
+            self.send(self.peers.supervisor, SignalReceived(message.signal, message.subject))
+
+    def receiveMsg_CrossChecked(self, message: CrossChecked, sender: Any) -> None:
+        found = set(message.found)
+        for signal_id in message.asked:
+            accepted = self.checking.pop(signal_id)
+            if signal_id in found:
+                self.send(self.peers.supervisor, SignalReceived(accepted.signal, accepted.subject))
+            else:
+                deliveries = self.unacked.pop(signal_id, [])
+                for msg in deliveries:
+                    self.spawn(
+                        self._dead_letter(msg, "not_in_trading_signals", f"signal {signal_id} is not an approved row of trading_signals", None)
+                    )
+
+    def receiveMsg_SignalsDurable(self, message: SignalsDurable, sender: Any) -> None:
+        for signal_id in message.signal_ids:
+            self._ack(signal_id)
+
+    def receiveMsg_SignalSettled(self, message: SignalSettled, sender: Any) -> None:
+        self._ack(message.signal_id)
+
+    def _ack(self, signal_id: uuid.UUID) -> None:
+        for msg in self.unacked.pop(signal_id, []):
+            self.spawn(msg.ack())

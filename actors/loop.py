@@ -1,0 +1,76 @@
+"""The bridge between a Thespian actor (synchronous) and asyncio clients (nats-py, aiokafka).
+
+An I/O actor owns a private event loop running in a thread of its own process. The actor
+hands coroutines to the loop; the loop hands messages back through a queue and wakes the
+actor through a pipe that Thespian watches (ThespianWatch). Only the actor thread calls
+``self.send``, as Thespian requires. Chosen over a loop in a separate process because it
+costs no extra process and no extra inter-process hop per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import queue
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from thespian.actors import ActorTypeDispatcher, ThespianWatch, WatchMessage
+from service.logs import Log
+
+log = Log(__name__)
+
+
+class LoopActor(ActorTypeDispatcher):
+    """Base for actors that do asyncio I/O. Call ``start_loop`` once, when configured."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def start_loop(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._outbox: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name=f"{type(self).__name__}-loop", daemon=True).start()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Run ``coro`` on the loop (from the actor thread)."""
+        assert self.loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future.add_done_callback(self._log_failure)
+        return future
+
+    def deliver(self, target: Any, message: Any) -> None:
+        """Send ``message`` to ``target`` from the loop thread (through the actor thread).
+        A ``target`` of None hands the message to this actor itself."""
+        self._outbox.put((target, message))
+        os.write(self._wake_w, b"\0")
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
+        if isinstance(message, WatchMessage):
+            self._drain_outbox()
+        else:
+            super().receiveMessage(message, sender)
+        return ThespianWatch([self._wake_r]) if self.loop is not None else None
+
+    def _drain_outbox(self) -> None:
+        try:
+            os.read(self._wake_r, 65536)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                target, message = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            if target is None:
+                super().receiveMessage(message, self.myAddress)
+            else:
+                self.send(target, message)
+
+    @staticmethod
+    def _log_failure(future: concurrent.futures.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("loop task failed", exc_info=future.exception())

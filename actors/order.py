@@ -1,0 +1,322 @@
+"""OrderActor: owns one active order's state machine; every decision about it happens here.
+
+An order is *active* while something is expected to happen soon: from creation until the
+broker accepts it as a resting pending order (placed) or it ends. A resting order is handed
+back to the supervisor (Released) and this warm process takes the next order; news for a
+resting order makes the supervisor assign it to an actor again.
+
+Events produced while handling one message are recorded together (one Record message).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from thespian.actors import ActorTypeDispatcher, WakeupMessage
+
+from actors.lifecycle import IN_FLIGHT, TERMINAL, IllegalTransition, advance, apply_deal, fill_of
+from messages import broker as wire
+from messages.actor import (
+    Assign,
+    BrokerNews,
+    BrokerUpdate,
+    CancelAtBroker,
+    CancelOrder,
+    ClosablePosition,
+    Configure,
+    GetState,
+    Orphan,
+    OrderState,
+    Peers,
+    PositionToClose,
+    QueryBroker,
+    Ready,
+    Record,
+    RecordDeals,
+    Released,
+    Route,
+    Submit,
+)
+from messages.enums import (
+    Filling,
+    Mt5OrderType,
+    Mt5TimeType,
+    OrderStatus,
+    OrderType,
+    Retcode,
+    Side,
+    TimeInForce,
+    TradeAction,
+)
+from messages.order import EventKind, Order, OrderEvent, OrderStatusMessage
+from messages.symbols import SYMBOLS
+from service.config import Settings
+from service.logs import Log
+
+log = Log(__name__)
+
+MT5_TYPES = {
+    (OrderType.MARKET, Side.BUY): Mt5OrderType.BUY,
+    (OrderType.MARKET, Side.SELL): Mt5OrderType.SELL,
+    (OrderType.LIMIT, Side.BUY): Mt5OrderType.BUY_LIMIT,
+    (OrderType.LIMIT, Side.SELL): Mt5OrderType.SELL_LIMIT,
+    (OrderType.STOP, Side.BUY): Mt5OrderType.BUY_STOP,
+    (OrderType.STOP, Side.SELL): Mt5OrderType.SELL_STOP,
+    (OrderType.STOP_LIMIT, Side.BUY): Mt5OrderType.BUY_STOP_LIMIT,
+    (OrderType.STOP_LIMIT, Side.SELL): Mt5OrderType.SELL_STOP_LIMIT,
+}
+MT5_TIME = {TimeInForce.GTC: Mt5TimeType.GTC, TimeInForce.DAY: Mt5TimeType.DAY, TimeInForce.GTD: Mt5TimeType.SPECIFIED}
+# Unanswered status queries before a never-seen order is declared failed.
+MAX_UNKNOWN_REPORTS = 3
+
+
+def order_request(order: Order, settings: Settings, actor_address: str, at: datetime) -> wire.OrderRequest:
+    """The submitted status message, which is also MT5's order_send request."""
+    pending = order.order_type is not OrderType.MARKET
+    if order.order_type is OrderType.STOP_LIMIT:
+        price, stoplimit = order.stop_price, order.price
+    elif order.order_type is OrderType.STOP:
+        price, stoplimit = order.stop_price, None
+    else:
+        price, stoplimit = (order.price if pending else order.expected_price), None
+    return wire.OrderRequest(
+        order_id=order.order_id,
+        signal_id=order.signal_id,
+        status=OrderStatus.SUBMITTED,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        quantity=order.quantity,
+        filled_quantity=0.0,
+        average_fill_price=None,
+        broker_order_id=None,
+        reason=None,
+        actor_address=actor_address,
+        seq=order.version,
+        timestamp=at,
+        action=TradeAction.PENDING if pending else TradeAction.DEAL,
+        type=MT5_TYPES[(order.order_type, order.side)],
+        volume=order.quantity,
+        price=price,
+        stoplimit=stoplimit,
+        sl=None if order.closes_position else order.stop_loss,
+        tp=None if order.closes_position else order.take_profit,
+        deviation=settings.deviation_points,
+        type_time=MT5_TIME[order.time_in_force],
+        expiration=order.expires_at,
+        type_filling=Filling.RETURN,
+        magic=settings.magic,
+        comment=order.order_id.hex[:31],
+        position=order.close_position,
+    )
+
+
+class OrderActor(ActorTypeDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: Order | None = None
+        self.pending_events: list[OrderEvent] = []
+        self.unknown_reports = 0
+
+    @property
+    def address(self) -> str:
+        return str(self.myAddress)
+
+    def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.peers: Peers = message.peers
+        self.send(sender, Ready("order"))
+
+    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        self.peers = message
+
+    # --- taking an order --------------------------------------------------------------------
+
+    def receiveMsg_Assign(self, message: Assign, sender: Any) -> None:
+        self.order = message.order
+        self.unknown_reports = 0
+        self._log("info", "assigned (%s)", "revived" if message.reconcile else self.order.status.value)
+        if self.order.version == 0:
+            self._emit(EventKind.CREATED, detail="from signal")
+            if self.order.closes_position:
+                side = "long" if self.order.side is Side.SELL else "short"
+                self.send(self.peers.positions, ClosablePosition(self.order.order_id, self.order.symbol, side))
+            else:
+                self._submit()
+        else:
+            self.send(self.peers.gateway, Route(self.order.order_id))
+            if message.news is not None:
+                self._on_news(message.news)
+            if message.reconcile and self.order is not None and self.order.status in IN_FLIGHT:
+                self._query_broker()
+        self._finish()
+
+    def receiveMsg_PositionToClose(self, message: PositionToClose, sender: Any) -> None:
+        if self.order is None or self.order.order_id != message.order_id:
+            return
+        if message.ticket is None:
+            self._emit(EventKind.REJECTED, detail="no open position to close", rejection_reason="no open position to close")
+        else:
+            self._submit(close_position=message.ticket, quantity=message.volume)
+        self._finish()
+
+    def _submit(self, **changes: object) -> None:
+        assert self.order is not None
+        now = datetime.now(UTC)
+        pending = OrderStatusMessage.of_order(self.order, self.address, now)
+        self._emit(EventKind.SUBMITTED, submitted_at=now, **changes)
+        self.send(self.peers.gateway, Submit(order_request(self.order, self.settings, self.address, now), pending))
+        self._arm_timer()
+
+    # --- news from the broker -------------------------------------------------------------------
+
+    def receiveMsg_BrokerUpdate(self, message: BrokerUpdate, sender: Any) -> None:
+        if self.order is None or self.order.order_id != message.order_id:
+            # This process holds another order now: the supervisor finds the right one.
+            self.send(self.peers.supervisor, Orphan(message))
+            return
+        self._on_news(message.news)
+        self._finish()
+
+    def _on_news(self, news: BrokerNews) -> None:
+        assert self.order is not None
+        try:
+            match news:
+                case wire.BrokerFill():
+                    self._on_deal(news)
+                case wire.BrokerPlaced():
+                    if self.order.broker_order_id is None or self.order.status is OrderStatus.SUBMITTED:
+                        self._emit(EventKind.PLACED, detail=f"resting as ticket {news.ticket}", broker_order_id=str(news.ticket))
+                case wire.BrokerError():
+                    reason = f"{news.retcode} {news.comment}"
+                    self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
+                case wire.BrokerCancelled():
+                    kind = EventKind.EXPIRED if news.cause is wire.CancelCause.EXPIRED else EventKind.CANCELLED
+                    self._emit(kind, detail=f"{news.cause.value}, {news.remaining} unfilled")
+                case wire.BrokerOrderReport():
+                    self._on_report(news)
+                case wire.RequestResult():
+                    if news.retcode != Retcode.DONE:
+                        self._log("warning", "broker refused the cancel: %s %s", news.retcode, news.comment)
+        except IllegalTransition as refused:
+            self._log("error", "refused: %s", refused)
+
+    def _on_deal(self, deal: wire.BrokerFill) -> None:
+        assert self.order is not None
+        if self.order.status in TERMINAL:
+            if deal.deal not in self.order.deals:
+                # The deal happened at the broker whatever our state says: it is recorded for the
+                # positions, and the order is not silently changed.
+                self._log("error", "deal %s arrived for a %s order; recorded as a refused deal", deal.deal, self.order.status.value)
+                self.send(self.peers.recorder, RecordDeals([fill_of(deal, self.order.expected_price, SYMBOLS[deal.symbol])]))
+            return
+        event = apply_deal(self.order, deal, SYMBOLS[self.order.symbol], self.address)
+        if event is None:
+            self._log("warning", "duplicate deal %s ignored", deal.deal)
+            return
+        self._apply(event)
+
+    def _on_report(self, report: wire.BrokerOrderReport) -> None:
+        """Fold the broker's whole truth about the order into ours."""
+        assert self.order is not None
+        before = self.order.version
+        for deal in report.deals:
+            self._on_deal(deal)
+        state = report.state
+        if state is wire.BrokerOrderState.UNKNOWN:
+            self._on_unknown_at_broker()
+        elif state is wire.BrokerOrderState.PLACED and self.order.broker_order_id is None:
+            self._emit(EventKind.PLACED, detail=f"resting as ticket {report.ticket}", broker_order_id=str(report.ticket))
+        elif state in (wire.BrokerOrderState.CANCELLED, wire.BrokerOrderState.EXPIRED) and self.order.status in IN_FLIGHT:
+            kind = EventKind.EXPIRED if state is wire.BrokerOrderState.EXPIRED else EventKind.CANCELLED
+            self._emit(kind, detail=f"broker reports {state.value}")
+        elif state is wire.BrokerOrderState.REJECTED and self.order.status in IN_FLIGHT:
+            reason = f"{report.retcode} {report.comment}"
+            self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
+        if self.order.version == before and self.order.status in IN_FLIGHT:
+            self._emit(EventKind.QUERIED, detail=f"broker reports {state.value}")
+        if self.order.status in IN_FLIGHT and not self._resting():
+            self._arm_timer()
+
+    def _on_unknown_at_broker(self) -> None:
+        assert self.order is not None
+        self.unknown_reports += 1
+        if self.order.status is OrderStatus.PENDING:
+            self._submit()
+        elif self.unknown_reports >= MAX_UNKNOWN_REPORTS:
+            self._emit(EventKind.FAILED, detail="the broker never received the order", error_message="unknown at broker")
+        else:
+            # Resending is safe: the same order_id is one order at the broker and in JetStream.
+            self.send(self.peers.gateway, Submit(order_request(self.order, self.settings, self.address, datetime.now(UTC))))
+
+    # --- timers and operator commands -------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        assert self.order is not None
+        self.wakeupAfter(timedelta(seconds=self.settings.broker_timeout_s), payload=(self.order.order_id, self.order.version))
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if self.order is None or message.payload != (self.order.order_id, self.order.version):
+            return  # something happened since the timer was set
+        if self.order.status in IN_FLIGHT and not self._resting():
+            self._log("warning", "no news from the broker for %.1fs: asking", self.settings.broker_timeout_s)
+            self._query_broker()
+            self._arm_timer()
+
+    def _query_broker(self) -> None:
+        assert self.order is not None
+        self.send(self.peers.gateway, QueryBroker([self.order.order_id]))
+
+    def receiveMsg_CancelOrder(self, message: CancelOrder, sender: Any) -> None:
+        if self.order is None or self.order.order_id != message.order_id:
+            self.send(self.peers.supervisor, message)
+            return
+        try:
+            if self.order.status is OrderStatus.PENDING:
+                self._emit(EventKind.CANCELLED, detail=message.reason)
+            else:
+                self._emit(EventKind.CANCEL_REQUESTED, detail=message.reason)
+                self.send(self.peers.gateway, CancelAtBroker(self.order.order_id))
+        except IllegalTransition as refused:
+            self._log("warning", "cancel refused: %s", refused)
+        self._finish()
+
+    def receiveMsg_GetState(self, message: GetState, sender: Any) -> None:
+        held = self.order if self.order is not None and self.order.order_id == message.order_id else None
+        self.send(sender, OrderState(held, os.getpid(), self.address))
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _emit(self, kind: EventKind, detail: str | None = None, **changes: object) -> None:
+        assert self.order is not None
+        self._apply(advance(self.order, kind, datetime.now(UTC), self.address, detail=detail, **changes))
+
+    def _apply(self, event: OrderEvent) -> None:
+        self.order = event.order
+        self.pending_events.append(event)
+        self._log("info", "%s -> %s%s", event.kind.value, event.status.value, f" ({event.detail})" if event.detail else "")
+
+    def _resting(self) -> bool:
+        order = self.order
+        return (
+            order is not None
+            and order.order_type is not OrderType.MARKET
+            and order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
+            and order.broker_order_id is not None
+        )
+
+    def _finish(self) -> None:
+        """Record what happened, and give the order back when it is terminal or resting."""
+        if self.pending_events:
+            self.send(self.peers.recorder, Record(self.pending_events))
+            self.pending_events = []
+        if self.order is not None and (self.order.status in TERMINAL or self._resting()):
+            self.send(self.peers.supervisor, Released(self.order))
+            self.order = None
+
+    def _log(self, level: str, text: str, *args: object) -> None:
+        order_id = self.order.order_id if self.order is not None else "-"
+        getattr(log, level)(f"order {order_id} @ {self.address}: {text}", *args)
+

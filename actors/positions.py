@@ -1,0 +1,265 @@
+"""PositionKeeper: positions as the fold of recorded fills (hedging: one per broker position
+ticket), PnL, and periodic reconciliation against the connector's positions.
+
+A disagreement with the broker is published as an alert and logged; it is corrected only
+when ``auto_correct_positions`` is set. PnL is in the symbol's quote currency.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from thespian.actors import ActorTypeDispatcher, WakeupMessage
+
+from messages.actor import (
+    ClosablePosition,
+    Configure,
+    FillsLoaded,
+    FillsRecorded,
+    GetPositions,
+    LoadFills,
+    Peers,
+    PositionsReply,
+    PositionsSnapshot,
+    PositionToClose,
+    PublishAlert,
+    QueryPositions,
+    Ready,
+    RecordPositions,
+)
+from messages.broker import BrokerPosition
+from messages.enums import DealEntry, DealReason, ExitReason, PositionSide, PositionStatus, Side
+from messages.order import Fill
+from messages.position import Position, PositionAlert, position_id_for
+from messages.symbols import SYMBOLS
+from service.config import Settings
+from service.logs import Log
+
+log = Log(__name__)
+
+EXIT_REASONS = {
+    DealReason.SL: ExitReason.STOP_LOSS,
+    DealReason.TP: ExitReason.TAKE_PROFIT,
+    DealReason.STOP_OUT: ExitReason.MANUAL,
+    DealReason.CLIENT: ExitReason.SIGNAL,
+}
+VOLUME_TOLERANCE = 1e-6
+
+
+def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None) -> Position:
+    return Position(
+        position_id=position_id_for(fill.position_ticket),
+        ticket=fill.position_ticket,
+        opened_at=fill.execution_timestamp,
+        symbol=fill.symbol,
+        side=PositionSide.LONG if fill.side is Side.BUY else PositionSide.SHORT,
+        quantity=fill.fill_quantity,
+        entry_price=fill.fill_price,
+        entry_order_id=fill.order_id,
+        stop_loss=stop_loss,
+        take_profit=take_profit,
+        commission_total=fill.commission,
+        deals=(fill.deal,),
+        version=1,
+        updated_at=fill.execution_timestamp,
+    )
+
+
+def add_to(position: Position, fill: Fill) -> Position:
+    """Another entry deal of the same position ticket (a partial fill of its order)."""
+    quantity = position.quantity + fill.fill_quantity
+    entry = (position.entry_price * position.quantity + fill.fill_price * fill.fill_quantity) / quantity
+    return msgspec.structs.replace(
+        position,
+        quantity=round(quantity, 8),
+        entry_price=entry,
+        commission_total=position.commission_total + fill.commission,
+        deals=(*position.deals, fill.deal),
+        version=position.version + 1,
+        updated_at=fill.execution_timestamp,
+    )
+
+
+def reduce(position: Position, fill: Fill) -> Position:
+    """An exit deal: realize PnL on its volume; the position closes when nothing is left."""
+    spec = SYMBOLS[position.symbol]
+    direction = 1 if position.side is PositionSide.LONG else -1
+    volume = min(fill.fill_quantity, position.quantity)
+    realized = position.realized_pnl + (fill.fill_price - position.entry_price) * direction * volume * spec.contract_size
+    closed_quantity = position.closed_quantity + volume
+    exit_price = ((position.exit_price or 0.0) * position.closed_quantity + fill.fill_price * volume) / closed_quantity
+    remaining = round(position.quantity - volume, 8)
+    changes: dict[str, object] = {}
+    if remaining <= VOLUME_TOLERANCE:
+        held = fill.execution_timestamp - position.opened_at
+        risk = abs(position.entry_price - position.stop_loss) * closed_quantity * spec.contract_size if position.stop_loss else 0.0
+        changes = {
+            "position_status": PositionStatus.CLOSED,
+            "exit_reason": EXIT_REASONS[fill.reason],
+            "closed_at": fill.execution_timestamp,
+            "holding_period_hours": held.total_seconds() / 3600,
+            "r_multiple": round(realized / risk, 4) if risk else None,
+            "unrealized_pnl": 0.0,
+            "current_price": fill.fill_price,
+        }
+    return msgspec.structs.replace(
+        position,
+        quantity=max(remaining, 0.0),
+        realized_pnl=round(realized, 8),
+        closed_quantity=round(closed_quantity, 8),
+        exit_price=exit_price,
+        exit_order_id=fill.order_id or position.exit_order_id,
+        commission_total=position.commission_total + fill.commission,
+        deals=(*position.deals, fill.deal),
+        version=position.version + 1,
+        updated_at=fill.execution_timestamp,
+        **changes,
+    )
+
+
+class PositionBook:
+    """The pure fold: fills in, positions out. Exit deals that arrive before their position's
+    entry deal wait for it."""
+
+    def __init__(self) -> None:
+        self.positions: dict[int, Position] = {}
+        self.early_exits: dict[int, list[Fill]] = {}
+
+    def apply(self, fill: Fill, stop_loss: float | None, take_profit: float | None) -> list[Position]:
+        ticket = fill.position_ticket
+        position = self.positions.get(ticket)
+        if position is not None and fill.deal in position.deals:
+            return []
+        if fill.entry is DealEntry.IN:
+            position = add_to(position, fill) if position else open_position(fill, stop_loss, take_profit)
+            self.positions[ticket] = position
+            changed = [position]
+            for early in self.early_exits.pop(ticket, []):
+                changed += self.apply(early, None, None)
+            return changed
+        if position is None:
+            self.early_exits.setdefault(ticket, []).append(fill)
+            return []
+        self.positions[ticket] = reduce(position, fill)
+        return [self.positions[ticket]]
+
+    def open_positions(self) -> list[Position]:
+        return [p for p in self.positions.values() if p.position_status is PositionStatus.OPEN]
+
+
+class PositionKeeper(ActorTypeDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = PositionBook()
+        # Tickets a close order has claimed, so two close signals don't close the same one.
+        self.claimed: set[int] = set()
+
+    def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.peers: Peers = message.peers
+        self.configurer = sender
+        self.send(self.peers.recorder, LoadFills())
+
+    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        self.peers = message
+
+    def receiveMsg_FillsLoaded(self, message: FillsLoaded, sender: Any) -> None:
+        for fill, stop_loss, take_profit in message.fills:
+            self.book.apply(fill, stop_loss, take_profit)
+        log.info("positions rebuilt from %d fills: %d open", len(message.fills), len(self.book.open_positions()))
+        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+        self.send(self.configurer, Ready("positions"))
+
+    def receiveMsg_FillsRecorded(self, message: FillsRecorded, sender: Any) -> None:
+        changed: list[Position] = []
+        for event in message.events:
+            assert event.fill is not None
+            changed += self.book.apply(event.fill, event.order.stop_loss, event.order.take_profit)
+        for fill in message.orphan_fills:
+            changed += self.book.apply(fill, None, None)
+        for position in changed:
+            if position.position_status is PositionStatus.CLOSED:
+                self.claimed.discard(position.ticket)
+        if changed:
+            self.send(self.peers.recorder, RecordPositions(changed))
+
+    def receiveMsg_GetPositions(self, message: GetPositions, sender: Any) -> None:
+        self.send(sender, PositionsSnapshot(list(self.book.positions.values())))
+
+    def receiveMsg_ClosablePosition(self, message: ClosablePosition, sender: Any) -> None:
+        candidates = sorted(
+            (
+                p
+                for p in self.book.open_positions()
+                if p.symbol == message.symbol and p.side.value == message.side and p.ticket not in self.claimed
+            ),
+            key=lambda p: p.opened_at,
+        )
+        if not candidates:
+            self.send(sender, PositionToClose(message.order_id, None, 0.0))
+            return
+        chosen = candidates[0]
+        self.claimed.add(chosen.ticket)
+        self.send(sender, PositionToClose(message.order_id, chosen.ticket, chosen.quantity))
+
+    # --- reconciliation ---------------------------------------------------------------------
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        self.send(self.peers.gateway, QueryPositions())
+        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+
+    def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
+        """Reconcile now (an operator's or a test's request)."""
+        self.send(self.peers.gateway, QueryPositions())
+
+    def receiveMsg_PositionsReply(self, message: PositionsReply, sender: Any) -> None:
+        now = datetime.now(UTC)
+        theirs = {p.ticket: p for p in message.report.positions}
+        ours = {p.ticket: p for p in self.book.open_positions()}
+        changed: list[Position] = []
+        for ticket, broker in theirs.items():
+            mine = ours.get(ticket)
+            if mine is None:
+                self._alert(broker.ticket, broker.symbol, "missing_here", None, broker.volume, now)
+            elif abs(mine.quantity - broker.volume) > VOLUME_TOLERANCE:
+                self._alert(ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume, now)
+                if self.settings.auto_correct_positions:
+                    self.book.positions[ticket] = msgspec.structs.replace(mine, quantity=broker.volume, version=mine.version + 1, updated_at=now)
+            else:
+                changed.append(self._mark(mine, broker, now))
+        for ticket, mine in ours.items():
+            if ticket not in theirs:
+                self._alert(ticket, mine.symbol, "missing_at_broker", mine.quantity, None, now)
+        if changed:
+            self.send(self.peers.recorder, RecordPositions(changed))
+
+    def _mark(self, position: Position, broker: BrokerPosition, now: datetime) -> Position:
+        direction = 1 if position.side is PositionSide.LONG else -1
+        spec = SYMBOLS[position.symbol]
+        unrealized = (broker.price_current - position.entry_price) * direction * position.quantity * spec.contract_size
+        marked = msgspec.structs.replace(
+            position,
+            current_price=broker.price_current,
+            unrealized_pnl=round(unrealized, 8),
+            version=position.version + 1,
+            updated_at=now,
+        )
+        self.book.positions[position.ticket] = marked
+        return marked
+
+    def _alert(self, ticket: int, symbol: str, kind: str, ours: float | None, broker: float | None, now: datetime) -> None:
+        corrected = self.settings.auto_correct_positions and kind == "volume_mismatch"
+        alert = PositionAlert(
+            ticket=ticket,
+            symbol=symbol,
+            kind=kind,
+            ours=ours,
+            broker=broker,
+            detail=f"position {ticket} {symbol}: ours {ours}, broker {broker}",
+            corrected=corrected,
+            at=now,
+        )
+        log.warning("reconciliation: %s %s", kind, alert.detail)
+        self.send(self.peers.status_publisher, PublishAlert(alert))

@@ -1,0 +1,74 @@
+"""The shape both outbound writers share: an ordered queue drained by one task that writes
+in batches and retries a failed batch (with backoff) until it goes through, so nothing is
+dropped and per-order order is kept."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from actors.loop import LoopActor
+from messages.actor import Configure, Drain, Drained, Peers, Ready
+from service.config import Settings
+from service.logs import Log
+
+log = Log(__name__)
+
+MAX_BACKOFF_S = 5.0
+
+
+class SinkActor(LoopActor):
+    role = "sink"
+
+    async def open(self) -> None:
+        """Connect to the server (called on the loop, retried until it works)."""
+        raise NotImplementedError
+
+    async def write(self, batch: list[Any]) -> None:
+        """Write one batch durably or raise."""
+        raise NotImplementedError
+
+    def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.peers: Peers = message.peers
+        if self.loop is None:
+            self.start_loop()
+            self.queue: asyncio.Queue[Any] = asyncio.Queue()
+            self.spawn(self._drain_forever())
+        self.send(sender, Ready(self.role))
+
+    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        self.peers = message
+
+    def enqueue(self, items: list[Any]) -> None:
+        assert self.loop is not None
+        for item in items:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        async def drained() -> None:
+            await self.queue.join()
+            self.deliver(sender, Drained(self.role))
+
+        self.spawn(drained())
+
+    async def _drain_forever(self) -> None:
+        await self._retry("connect", self.open)
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.settings.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await self._retry(f"write of {len(batch)}", lambda: self.write(batch))
+            for _ in batch:
+                self.queue.task_done()
+
+    async def _retry(self, what: str, attempt: Any) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await attempt()
+                return
+            except Exception as exc:  # the server may be down: hold on and try again
+                log.warning("%s %s failed (%s); retrying in %.1fs", self.role, what, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)

@@ -1,0 +1,48 @@
+"""StatusPublisher: ``orders.{status}.{symbol}`` for every recorded status, and position alerts.
+
+``pending`` and ``submitted`` are published by the gateway as the order goes out (the
+submitted message is the order request itself), so that they precede every later status
+and the connector never mistakes a status update for a new order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.sink import SinkActor
+from messages.actor import Publish, PublishAlert
+from messages.codec import encode
+from messages.enums import OrderStatus
+from messages.order import OrderEvent, OrderStatusMessage
+from messages.position import ALERT_SUBJECT, PositionAlert
+from service.streams import connect_nats
+from service.logs import Log
+
+log = Log(__name__)
+
+PUBLISHED_BY_GATEWAY = (OrderStatus.PENDING, OrderStatus.SUBMITTED)
+
+
+class StatusPublisher(SinkActor):
+    role = "status_publisher"
+
+    async def open(self) -> None:
+        self.nc, self.js = await connect_nats(self.settings)
+
+    def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
+        self.enqueue([e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY])
+
+    def receiveMsg_PublishAlert(self, message: PublishAlert, sender: Any) -> None:
+        self.enqueue([message.alert])
+
+    async def write(self, batch: list[OrderEvent | PositionAlert]) -> None:
+        for item in batch:
+            if isinstance(item, PositionAlert):
+                await self.nc.publish(ALERT_SUBJECT, encode(item))
+                continue
+            # The message id makes a republish after a retry or a restart a no-op in JetStream.
+            await self.js.publish(
+                f"orders.{item.status.value}.{item.order.symbol}",
+                encode(OrderStatusMessage.of(item)),
+                headers={"Nats-Msg-Id": item.event_id},
+            )

@@ -1,0 +1,335 @@
+"""Supervisor: the single router and the parent of every other actor.
+
+It owns the signal_id -> order map (idempotency: a signal seen within the window never gives
+a second order), the directory order_id -> OrderActor, the warm pool of OrderActors and the
+resting orders. It builds the actor tree, rebuilds state from ClickHouse at start, and
+replaces any child that dies: a dead OrderActor's order is revived on a fresh actor from its
+last recorded snapshot and reconciled with the broker before anything else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
+
+from actors.archiver import Archiver
+from actors.gateway import BrokerGateway
+from actors.ingress import Ingress
+from actors.lifecycle import TERMINAL
+from actors.order import OrderActor
+from actors.positions import PositionKeeper
+from actors.recorder import Recorder
+from actors.status_publisher import StatusPublisher
+from messages import broker as wire
+from messages.actor import (
+    Assign,
+    BrokerNews,
+    BrokerUpdate,
+    CancelOrder,
+    Configure,
+    Drain,
+    Drained,
+    GetPeers,
+    LoadState,
+    Orphan,
+    OrderDirectoryEntry,
+    Peers,
+    QueryBroker,
+    Ready,
+    Rehydrate,
+    Rehydrated,
+    Released,
+    ShowOrder,
+    SignalReceived,
+    SignalSettled,
+    Start,
+    Started,
+    StateLoaded,
+)
+from messages.enums import OrderType, Side, SignalType, TimeInForce
+from messages.order import Order, order_id_for
+from messages.signal import TradingSignal
+from service.config import Settings
+from service.logs import Log
+
+log = Log(__name__)
+
+ROLES: dict[str, type] = {
+    "recorder": Recorder,
+    "archiver": Archiver,
+    "status_publisher": StatusPublisher,
+    "gateway": BrokerGateway,
+    "positions": PositionKeeper,
+    "ingress": Ingress,
+}
+# Ingress starts last: signals flow only once everything else is ready.
+SERVICE_ROLES = ("archiver", "status_publisher", "gateway", "positions")
+STATUS_QUERY_CHUNK = 500
+EXPIRY_GRACE = timedelta(seconds=5)
+
+
+def order_from_signal(signal: TradingSignal, settings: Settings) -> Order:
+    """The one order an executable signal gives (check_executable has passed)."""
+    closes = signal.signal_type in (SignalType.CLOSE_LONG, SignalType.CLOSE_SHORT)
+    side = Side.BUY if signal.signal_type in (SignalType.BUY, SignalType.CLOSE_SHORT) else Side.SELL
+    order_type = signal.order_type or OrderType(settings.default_order_type)
+    if closes:
+        order_type = OrderType.MARKET
+    expected = signal.expected_price
+    assert expected is not None
+    limit = signal.limit_price or signal.entry_price if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
+    stop = signal.stop_price or signal.entry_price if order_type in (OrderType.STOP, OrderType.STOP_LIMIT) else None
+    return Order(
+        order_id=order_id_for(signal.signal_id),
+        signal_id=signal.signal_id,
+        symbol=signal.symbol,
+        side=side,
+        order_type=order_type,
+        quantity=signal.volume or 0.0,
+        expected_price=expected,
+        created_at=datetime.now(UTC),
+        price=limit,
+        stop_price=stop,
+        stop_loss=signal.stop_loss,
+        take_profit=signal.take_profit,
+        time_in_force=signal.time_in_force or TimeInForce(settings.default_time_in_force),
+        expires_at=signal.expires_at,
+        timeframe=signal.timeframe,
+        closes_position=closes,
+    )
+
+
+class Supervisor(ActorTypeDispatcher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers = Peers()
+        self.known: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {}
+        self.active: dict[uuid.UUID, Any] = {}
+        self.active_orders: dict[uuid.UUID, Order] = {}
+        self.resting: dict[uuid.UUID, Order] = {}
+        self.idle: list[Any] = []
+        self.pool_size = 0
+        self.waiting: deque[Assign] = deque()
+        self.awaiting_ready: set[str] = set()
+        self.drain_asker: Any = None
+        self.draining: set[str] = set()
+        self.stopping = False
+        self.starter: Any = None
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def receiveMsg_Start(self, message: Start, sender: Any) -> None:
+        self.settings: Settings = message.settings
+        self.starter = sender
+        self.peers = Peers(supervisor=self.myAddress, recorder=self.createActor(Recorder))
+        self.send(self.peers.recorder, Configure(self.settings, self.peers))
+
+    def receiveMsg_Ready(self, message: Ready, sender: Any) -> None:
+        if message.role == "recorder" and self.peers.gateway is None:
+            self.send(self.peers.recorder, LoadState(self.settings.idempotency_window_hours))
+        elif message.role in self.awaiting_ready:
+            self.awaiting_ready.discard(message.role)
+            if not self.awaiting_ready and self.peers.ingress is None:
+                self._start_ingress()
+        elif message.role == "ingress" and self.starter is not None:
+            open_orders = len(self.active) + len(self.resting) + len(self.waiting)
+            self.send(self.starter, Started(self.peers, open_orders))
+            self.starter = None
+            log.info("service started: %d open orders being reconciled", open_orders)
+
+    def receiveMsg_StateLoaded(self, message: StateLoaded, sender: Any) -> None:
+        now = datetime.now(UTC)
+        self.known = {signal_id: (order_id, now) for signal_id, order_id in message.known_signals.items()}
+        created = {role: self.createActor(ROLES[role]) for role in SERVICE_ROLES}
+        self.peers = Peers(supervisor=self.myAddress, recorder=self.peers.recorder, **created)
+        self.send(self.peers.recorder, self.peers)
+        self.awaiting_ready = set(SERVICE_ROLES)
+        for role in SERVICE_ROLES:
+            self.send(created[role], Configure(self.settings, self.peers))
+        for _ in range(self.settings.order_actor_pool):
+            self.idle.append(self._new_order_actor())
+        for order in message.open_orders:
+            # Whatever happened while we were away, the broker knows: ask before anything else.
+            self._assign(Assign(order, reconcile=True))
+        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+
+    def _start_ingress(self) -> None:
+        self.peers = Peers(**{**_peer_fields(self.peers), "ingress": self.createActor(Ingress)})
+        self._broadcast_peers()
+        self.send(self.peers.ingress, Configure(self.settings, self.peers))
+
+    def _new_order_actor(self) -> Any:
+        actor = self.createActor(OrderActor)
+        self.send(actor, Configure(self.settings, self.peers))
+        self.pool_size += 1
+        return actor
+
+    def _broadcast_peers(self) -> None:
+        for role in ROLES:
+            address = getattr(self.peers, role)
+            if address is not None:
+                self.send(address, self.peers)
+        for actor in [*self.idle, *self.active.values()]:
+            self.send(actor, self.peers)
+
+    # --- signals -------------------------------------------------------------------------------
+
+    def receiveMsg_SignalReceived(self, message: SignalReceived, sender: Any) -> None:
+        signal = message.signal
+        if signal.signal_id in self.known:
+            order_id, _ = self.known[signal.signal_id]
+            log.info("signal %s already gave order %s: duplicate ignored", signal.signal_id, order_id)
+            self.send(sender, SignalSettled(signal.signal_id))
+            return
+        order = order_from_signal(signal, self.settings)
+        self.known[signal.signal_id] = (order.order_id, datetime.now(UTC))
+        self._assign(Assign(order))
+
+    # --- the pool -----------------------------------------------------------------------------
+
+    def _assign(self, assignment: Assign) -> None:
+        order_id = assignment.order.order_id
+        if self.idle:
+            actor = self.idle.pop()
+        elif self.pool_size < self.settings.order_actor_max:
+            actor = self._new_order_actor()
+        else:
+            self.waiting.append(assignment)
+            return
+        self.active[order_id] = actor
+        self.active_orders[order_id] = assignment.order
+        self.resting.pop(order_id, None)
+        self.send(actor, assignment)
+
+    def receiveMsg_Released(self, message: Released, sender: Any) -> None:
+        order = message.order
+        self.active.pop(order.order_id, None)
+        self.active_orders.pop(order.order_id, None)
+        if order.status not in TERMINAL:
+            self.resting[order.order_id] = order
+        self.idle.append(sender)
+        if self.waiting:
+            self._assign(self.waiting.popleft())
+
+    # --- news for orders no actor holds -------------------------------------------------------------
+
+    def receiveMsg_Orphan(self, message: Orphan, sender: Any) -> None:
+        self._revive(message.update.order_id, message.update.news)
+
+    def receiveMsg_BrokerUpdate(self, message: BrokerUpdate, sender: Any) -> None:
+        """A status report on a resting order, from the periodic sweep."""
+        order = self.resting.get(message.order_id)
+        report = message.news
+        if order is None or not isinstance(report, wire.BrokerOrderReport):
+            return
+        if report.state is not wire.BrokerOrderState.PLACED or report.filled_volume > order.filled_quantity + 1e-9:
+            self._assign(Assign(order, news=report))
+
+    def _revive(self, order_id: uuid.UUID, news: BrokerNews) -> None:
+        if order_id in self.active:
+            self.send(self.active[order_id], BrokerUpdate(order_id, news))
+        elif order_id in self.resting:
+            self._assign(Assign(self.resting[order_id], news=news))
+        else:
+            self.send(self.peers.recorder, Rehydrate(order_id, news))
+
+    def receiveMsg_Rehydrated(self, message: Rehydrated, sender: Any) -> None:
+        if message.order is None:
+            log.error("broker news for an order never recorded here: %s", message.news)
+            return
+        self._assign(Assign(message.order, reconcile=True, news=message.news))
+
+    # --- operator commands and tracing ----------------------------------------------------------------
+
+    def receiveMsg_CancelOrder(self, message: CancelOrder, sender: Any) -> None:
+        if message.order_id in self.resting:
+            self._assign(Assign(self.resting[message.order_id]))
+        actor = self.active.get(message.order_id)
+        if actor is None:
+            log.warning("cancel of %s: not an open order", message.order_id)
+        else:
+            self.send(actor, message)
+
+    def receiveMsg_ShowOrder(self, message: ShowOrder, sender: Any) -> None:
+        order_id = self.known[message.key][0] if message.key in self.known else message.key
+        actor = self.active.get(order_id)
+        order = self.resting.get(order_id) or self.active_orders.get(order_id)
+        self.send(
+            sender,
+            OrderDirectoryEntry(
+                order_id=order_id,
+                actor=actor,
+                actor_address=str(actor) if actor is not None else (order.actor_address if order else ""),
+                active=actor is not None,
+                order=order,
+            ),
+        )
+
+    def receiveMsg_GetPeers(self, message: GetPeers, sender: Any) -> None:
+        self.send(sender, self.peers)
+
+    # --- housekeeping -------------------------------------------------------------------------------
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if self.stopping:
+            return
+        now = datetime.now(UTC)
+        window = timedelta(hours=self.settings.idempotency_window_hours)
+        self.known = {s: v for s, v in self.known.items() if now - v[1] <= window}
+        for order in list(self.resting.values()):
+            if order.expires_at is not None and order.expires_at + EXPIRY_GRACE < now:
+                self.receiveMsg_CancelOrder(CancelOrder(order.order_id, "expired (system)"), self.myAddress)
+        resting = list(self.resting)
+        for start in range(0, len(resting), STATUS_QUERY_CHUNK):
+            self.send(self.peers.gateway, QueryBroker(resting[start : start + STATUS_QUERY_CHUNK]))
+        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+
+    def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
+        if self.stopping:
+            return
+        dead = message.childAddress
+        for role in ROLES:
+            if getattr(self.peers, role) == dead:
+                log.error("%s died: restarting it", role)
+                self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
+                self.send(getattr(self.peers, role), Configure(self.settings, self.peers))
+                self._broadcast_peers()
+                return
+        self.pool_size -= 1
+        self.idle = [actor for actor in self.idle if actor != dead]
+        for order_id, actor in list(self.active.items()):
+            if actor == dead:
+                log.error("the actor of order %s died: reviving the order", order_id)
+                del self.active[order_id]
+                self.active_orders.pop(order_id, None)
+                self.send(self.peers.recorder, Rehydrate(order_id))
+        while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
+            self.idle.append(self._new_order_actor())
+
+    # --- shutdown -------------------------------------------------------------------------------------
+
+    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        self.drain_asker = sender
+        self.send(self.peers.recorder, Drain())
+
+    def receiveMsg_Drained(self, message: Drained, sender: Any) -> None:
+        if message.role == "recorder":
+            self.draining = {"archiver", "status_publisher"}
+            self.send(self.peers.archiver, Drain())
+            self.send(self.peers.status_publisher, Drain())
+            return
+        self.draining.discard(message.role)
+        if not self.draining and self.drain_asker is not None:
+            self.send(self.drain_asker, Drained("service"))
+            self.drain_asker = None
+
+    def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
+        self.stopping = True
+
+
+def _peer_fields(peers: Peers) -> dict[str, Any]:
+    return {name: getattr(peers, name) for name in peers.__struct_fields__}

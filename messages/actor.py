@@ -1,0 +1,299 @@
+"""Messages the actors send one another (Thespian pickles them between processes).
+
+Addresses are Thespian ActorAddress objects (typed ``Any``: they are opaque and not hashable).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+
+from messages.broker import (
+    BrokerCancelled,
+    BrokerError,
+    BrokerFill,
+    BrokerOrderReport,
+    BrokerPlaced,
+    OrderRequest,
+    PositionsReport,
+    RequestResult,
+)
+from messages.order import Fill, Order, OrderEvent, OrderStatusMessage
+from messages.position import Position, PositionAlert
+from messages.signal import TradingSignal
+from service.config import Settings
+
+BrokerNews = BrokerFill | BrokerError | BrokerPlaced | BrokerCancelled | BrokerOrderReport | RequestResult
+
+
+class Peers(msgspec.Struct, frozen=True, kw_only=True):
+    """Where each role lives; handed to every actor when it is configured."""
+
+    supervisor: Any = None
+    recorder: Any = None
+    archiver: Any = None
+    status_publisher: Any = None
+    gateway: Any = None
+    positions: Any = None
+    ingress: Any = None
+
+
+# --- wiring and lifecycle -------------------------------------------------------------
+
+
+class Start(msgspec.Struct, frozen=True):
+    settings: Settings
+
+
+class Started(msgspec.Struct, frozen=True):
+    peers: Peers
+    open_orders: int
+
+
+class Configure(msgspec.Struct, frozen=True):
+    settings: Settings
+    peers: Peers
+
+
+class Ready(msgspec.Struct, frozen=True):
+    role: str
+
+
+class Drain(msgspec.Struct, frozen=True):
+    """Flush everything held, then answer Drained."""
+
+
+class Drained(msgspec.Struct, frozen=True):
+    role: str
+
+
+# --- signals --------------------------------------------------------------------------
+
+
+class SignalReceived(msgspec.Struct, frozen=True):
+    signal: TradingSignal
+    subject: str
+
+
+class SignalSettled(msgspec.Struct, frozen=True):
+    """The supervisor needs nothing more from this delivery (a duplicate): acknowledge it."""
+
+    signal_id: uuid.UUID
+
+
+class SignalsDurable(msgspec.Struct, frozen=True):
+    """These signals' orders are recorded in ClickHouse: their deliveries can be acknowledged."""
+
+    signal_ids: list[uuid.UUID]
+
+
+class CrossCheck(msgspec.Struct, frozen=True):
+    signal_ids: list[uuid.UUID]
+
+
+class CrossChecked(msgspec.Struct, frozen=True):
+    asked: list[uuid.UUID]
+    found: list[uuid.UUID]
+
+
+# --- orders ---------------------------------------------------------------------------
+
+
+class Assign(msgspec.Struct, frozen=True):
+    """Make this order active on the receiving OrderActor. With ``reconcile`` the actor first
+    asks the broker what happened (a revived order); ``news`` is broker news to apply."""
+
+    order: Order
+    reconcile: bool = False
+    news: BrokerNews | None = None
+
+
+class Released(msgspec.Struct, frozen=True):
+    """The actor is done with the order for now: it is terminal or resting at the broker."""
+
+    order: Order
+
+
+class Submit(msgspec.Struct, frozen=True):
+    """Send the order request; a new order's pending status goes out just before it, so the
+    statuses appear on NATS in lifecycle order."""
+
+    request: OrderRequest
+    pending: OrderStatusMessage | None = None
+
+
+class Route(msgspec.Struct, frozen=True):
+    """Broker news for this order goes to the sender from now on."""
+
+    order_id: uuid.UUID
+
+
+class BrokerUpdate(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
+    news: BrokerNews
+
+
+class Orphan(msgspec.Struct, frozen=True):
+    """Broker news for an order that no actor holds: the supervisor revives the order."""
+
+    update: BrokerUpdate
+
+
+class QueryBroker(msgspec.Struct, frozen=True):
+    order_ids: list[uuid.UUID]
+
+
+class CancelAtBroker(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
+
+
+class CancelOrder(msgspec.Struct, frozen=True):
+    """An operator's (or the system's) cancellation of one order."""
+
+    order_id: uuid.UUID
+    reason: str
+
+
+class Record(msgspec.Struct, frozen=True):
+    events: list[OrderEvent]
+
+
+class RecordDeals(msgspec.Struct, frozen=True):
+    """Deals with no order of ours behind them (SL/TP closes), or refused by their order."""
+
+    fills: list[Fill]
+
+
+class RecordPositions(msgspec.Struct, frozen=True):
+    positions: list[Position]
+
+
+class Publish(msgspec.Struct, frozen=True):
+    """Recorded events, for the archive and the status subjects."""
+
+    events: list[OrderEvent]
+
+
+class FillsRecorded(msgspec.Struct, frozen=True):
+    events: list[OrderEvent]
+    orphan_fills: list[Fill]
+
+
+class PublishAlert(msgspec.Struct, frozen=True):
+    alert: PositionAlert
+
+
+# --- recovery and reconciliation --------------------------------------------------------
+
+
+class LoadState(msgspec.Struct, frozen=True):
+    idempotency_window_hours: float
+
+
+class StateLoaded(msgspec.Struct, frozen=True):
+    known_signals: dict[uuid.UUID, uuid.UUID]
+    open_orders: list[Order]
+
+
+class LoadFills(msgspec.Struct, frozen=True):
+    pass
+
+
+class FillsLoaded(msgspec.Struct, frozen=True):
+    fills: list[tuple[Fill, float | None, float | None]]
+
+
+class QueryPositions(msgspec.Struct, frozen=True):
+    pass
+
+
+class PositionsReply(msgspec.Struct, frozen=True):
+    report: PositionsReport
+
+
+class ClosablePosition(msgspec.Struct, frozen=True):
+    """Which position a close signal closes: asked by the order's actor of the position keeper."""
+
+    order_id: uuid.UUID
+    symbol: str
+    side: str
+
+
+class PositionToClose(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
+    ticket: int | None
+    volume: float
+
+
+# --- tracing --------------------------------------------------------------------------
+
+
+class ShowOrder(msgspec.Struct, frozen=True):
+    """By order_id or signal_id."""
+
+    key: uuid.UUID
+
+
+class OrderDirectoryEntry(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID | None
+    actor: Any
+    actor_address: str
+    active: bool
+    order: Order | None
+
+
+class GetPeers(msgspec.Struct, frozen=True):
+    """Ask the supervisor where each role lives (answered with Peers)."""
+
+
+class GetState(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
+
+
+class OrderState(msgspec.Struct, frozen=True):
+    order: Order | None
+    pid: int
+    actor_address: str
+
+
+class Rehydrate(msgspec.Struct, frozen=True):
+    """Ask the recorder for an order's latest recorded snapshot, to revive it."""
+
+    order_id: uuid.UUID
+    news: BrokerNews | None = None
+
+
+class Rehydrated(msgspec.Struct, frozen=True):
+    order: Order | None
+    news: BrokerNews | None
+
+
+class GetHistory(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
+
+
+class History(msgspec.Struct, frozen=True):
+    events: list[OrderEvent]
+
+
+class Query(msgspec.Struct, frozen=True):
+    """A read-only SQL query, run by the recorder (the one process that holds embedded chdb)."""
+
+    sql: str
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class QueryResult(msgspec.Struct, frozen=True):
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    error: str | None = None
+
+
+class GetPositions(msgspec.Struct, frozen=True):
+    pass
+
+
+class PositionsSnapshot(msgspec.Struct, frozen=True):
+    positions: list[Position]

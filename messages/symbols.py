@@ -1,0 +1,62 @@
+"""The instruments the service trades, with MT5's symbol properties.
+
+Both the service (validation, pip size for slippage) and the simulated connector
+(prices, volume rules) read this catalogue, so they cannot disagree about a symbol.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    digits: int
+    contract_size: float = 100_000.0
+    volume_min: float = 0.01
+    volume_max: float = 100.0
+    volume_step: float = 0.01
+    typical_spread_points: int = 10
+    start_price: float = 1.0
+    # Per-step volatility of the simulated random walk, in points.
+    volatility_points: float = 3.0
+    # Lots available at the touch before the next price level in the simulated book.
+    depth_lots: float = 5.0
+
+    @property
+    def point(self) -> float:
+        return 10.0**-self.digits
+
+    @property
+    def pip(self) -> float:
+        """One pip is ten points on 5-, 3- and 2-digit symbols (0.0001 EURUSD, 0.01 USDJPY, 0.1 XAUUSD)."""
+        return 10 * self.point
+
+    def round_price(self, price: float) -> float:
+        return round(price, self.digits)
+
+    def volume_is_valid(self, volume: float) -> bool:
+        steps = (volume - self.volume_min) / self.volume_step
+        return self.volume_min <= volume <= self.volume_max and abs(steps - round(steps)) < 1e-6
+
+
+SYMBOLS: dict[str, SymbolSpec] = {
+    spec.name: spec
+    for spec in (
+        SymbolSpec(name="EURUSD", digits=5, start_price=1.08500, typical_spread_points=8),
+        SymbolSpec(name="GBPUSD", digits=5, start_price=1.26500, typical_spread_points=12),
+        SymbolSpec(name="AUDUSD", digits=5, start_price=0.65500, typical_spread_points=10),
+        SymbolSpec(name="USDCHF", digits=5, start_price=0.88500, typical_spread_points=12),
+        SymbolSpec(name="USDJPY", digits=3, start_price=151.500, typical_spread_points=10),
+        SymbolSpec(name="EURJPY", digits=3, start_price=163.800, typical_spread_points=15),
+        SymbolSpec(
+            name="XAUUSD",
+            digits=2,
+            contract_size=100.0,
+            start_price=2650.00,
+            typical_spread_points=25,
+            volatility_points=20.0,
+            depth_lots=2.0,
+        ),
+    )
+}

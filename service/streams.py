@@ -1,0 +1,98 @@
+"""NATS connection and the JetStream streams the service relies on.
+
+Streams make the subjects durable: a signal approved while the service is down waits in
+``{prefix}_SIGNALS`` for the durable consumer, and an unacknowledged message comes back.
+``{prefix}_ORDERS`` deduplicates by ``Nats-Msg-Id`` (= order_id) over the idempotency window
+(24 h by default): a re-sent order request is dropped by the server, which is what makes
+"at most one broker order per signal" hold on the wire as well as in our own state.
+"""
+
+from __future__ import annotations
+
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from service.config import Settings
+from service.logs import Log
+
+log = Log(__name__)
+
+# Messages are kept a week (limits retention): long enough to replay after an outage and to
+# inspect, bounded so a long-running node's disk does not fill.
+_MAX_AGE_S = 7 * 24 * 3600.0
+# JetStream's own default dedup window, for the streams where dedup is not the point.
+_DEFAULT_DUPLICATE_WINDOW_S = 120.0
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """The streams, by name and subjects; names carry the prefix so test runs do not collide."""
+    p = settings.stream_prefix
+    orders_window = settings.idempotency_window_hours * 3600.0
+
+    def cfg(suffix: str, subjects: list[str], window: float, description: str) -> StreamConfig:
+        return StreamConfig(
+            name=f"{p}_{suffix}",
+            description=description,
+            subjects=subjects,
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            max_age=max(_MAX_AGE_S, window),
+            duplicate_window=window,
+        )
+
+    return [
+        cfg("SIGNALS", ["signals.approved.>"], _DEFAULT_DUPLICATE_WINDOW_S,
+            "risk-approved signals waiting to be executed"),
+        cfg("ORDERS", ["orders.>"], orders_window,
+            "order requests and status; deduplicated by Nats-Msg-Id = order_id"),
+        cfg("BROKER", ["broker.>"], _DEFAULT_DUPLICATE_WINDOW_S,
+            "fills, errors and reports from mt5-connector"),
+        cfg("DEADLETTER", [settings.dead_letter_subject], _DEFAULT_DUPLICATE_WINDOW_S,
+            "rejected input with the reason"),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    """Create each stream, or update it to the configuration above; safe to run every start."""
+    for config in stream_configs(settings):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created JetStream stream %s on %s", config.name, config.subjects)
+        else:
+            # Idempotent on the server when nothing changed; refuses immutable changes
+            # (e.g. storage type) loudly, which is what we want.
+            await js.update_stream(config)
+
+
+async def connect_nats(settings: Settings, name: str = "execution-service") -> tuple[Client, JetStreamContext]:
+    """Connect with reconnects that never give up (also for the first connect: the service
+    may start before NATS) and a short wait between attempts, so an outage costs little."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("NATS disconnected from %s", settings.nats_url)
+
+    async def on_reconnected() -> None:
+        log.info("NATS reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+
+    nc = await nats.connect(
+        settings.nats_url,
+        name=name,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25,  # type: ignore[arg-type]  # nats-py annotates int, takes float
+        connect_timeout=2,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+    )
+    return nc, nc.jetstream()

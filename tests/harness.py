@@ -1,0 +1,277 @@
+"""The running system as tests drive it: a NATS server of its own, the simulated connector
+as a separate process, and the multi-process actor system, all real.
+
+Each RunningSystem uses its own NATS server (JetStream streams and durable consumers start
+empty), its own Thespian admin port, its own chdb directory and its own Kafka topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from aiokafka import AIOKafkaConsumer
+
+from messages.actor import GetPositions, PositionsSnapshot, Query, QueryResult, ShowOrder
+from messages.codec import decode, encode
+from messages.order import OrderEvent, order_id_for
+from service.config import Settings, load_settings
+from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
+from system import Service
+
+REPO = Path(__file__).resolve().parent.parent
+INFRA = REPO / "deploy/local/infra.sh"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.05, what: str = "") -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        time.sleep(interval_s)
+
+
+class NatsServer:
+    """A private nats-server (JetStream on), started and stopped through deploy/local/infra.sh."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.port = free_port()
+        self.env = {**os.environ, "EXEC_RUN_DIR": str(run_dir), "NATS_PORT": str(self.port), "NATS_MONITOR_PORT": str(free_port())}
+        subprocess.run(["bash", str(INFRA), "up", "nats"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+        self.url = f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        subprocess.run(["bash", str(INFRA), "down", "nats"], env=self.env, check=False, stdout=subprocess.DEVNULL)
+
+    def restart(self) -> None:
+        self.stop()
+        subprocess.run(["bash", str(INFRA), "up", "nats"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+
+class NatsProbe:
+    """A NATS client on its own loop thread: publishes signals, watches subjects, asks requests."""
+
+    def __init__(self, url: str, watch: list[str]) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.seen: dict[str, list[tuple[str, bytes]]] = {pattern: [] for pattern in watch}
+        self._run(self._connect(url, watch))
+
+    def _run(self, coro: Any, timeout_s: float = 15.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    async def _connect(self, url: str, watch: list[str]) -> None:
+        self.nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+        self.js = self.nc.jetstream()
+        for pattern in watch:
+
+            async def collect(msg: Any, pattern: str = pattern) -> None:
+                self.seen[pattern].append((msg.subject, msg.data))
+
+            await self.nc.subscribe(pattern, cb=collect)
+        await self.nc.flush()
+
+    def publish(self, subject: str, payload: bytes) -> None:
+        async def publish() -> None:
+            await self.js.publish(subject, payload)
+
+        self._run(publish())
+
+    def request(self, subject: str, payload: bytes, timeout_s: float = 5.0) -> bytes:
+        async def request() -> bytes:
+            return (await self.nc.request(subject, payload, timeout=timeout_s)).data
+
+        return self._run(request(), timeout_s + 1)
+
+    def close(self) -> None:
+        self._run(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def signal(symbol: str = "EURUSD", signal_type: str = "buy", volume: float = 0.1, entry: float | None = None, **fields: Any) -> dict[str, Any]:
+    from messages.symbols import SYMBOLS
+
+    now = datetime.now(UTC).isoformat()
+    return {
+        "signal_id": str(uuid.uuid4()),
+        "symbol": symbol,
+        "signal_type": signal_type,
+        "position_size_recommended": volume,
+        "entry_price": entry if entry is not None else SYMBOLS[symbol].start_price,
+        "risk_approval_status": "approved",
+        "timeframe": "H1",
+        "signal_timestamp": now,
+        "created_at": now,
+        "model_version": "test",
+        "confidence_score": 0.7,
+        **fields,
+    }
+
+
+class RunningSystem:
+    def __init__(self, tmp: Path, kafka_bootstrap: str, sim_env: dict[str, str] | None = None, **overrides: Any) -> None:
+        self.tmp = tmp
+        self.nats = NatsServer(tmp / "nats-run")
+        self.settings: Settings = load_settings(
+            {},
+            run_dir=str(tmp / "run"),
+            nats_url=self.nats.url,
+            kafka_bootstrap=kafka_bootstrap,
+            admin_port=free_port(),
+            archive_topic=f"archive_{uuid.uuid4().hex[:8]}",
+            **overrides,
+        )
+        Path(self.settings.run_dir, "logs").mkdir(parents=True, exist_ok=True)
+        self.probe = NatsProbe(self.nats.url, ["orders.>", "signals.deadletter", "positions.alert"])
+        self.sim_env = sim_env or {}
+        self.sim: subprocess.Popen[bytes] | None = None
+        self.start_simulator()
+        self.service: Service | None = None
+        self.start_service()
+
+    # --- processes ------------------------------------------------------------------------------
+
+    def start_simulator(self) -> None:
+        env = {
+            **os.environ,
+            "EXEC_NATS_URL": self.nats.url,
+            "SIM_TICK_MS": "0",
+            "SIM_SEED": "7",
+            "SIM_STATE_FILE": str(self.tmp / "sim-state.json"),
+            **self.sim_env,
+        }
+        log = open(Path(self.settings.run_dir, "logs", "simulator.log"), "ab")
+        self.sim = subprocess.Popen([sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_until(self._simulator_answers, 20, 0.1, "the simulator to answer")
+
+    def _simulator_answers(self) -> bool:
+        try:
+            self.control()
+            return True
+        except Exception:
+            return False
+
+    def stop_simulator(self) -> None:
+        if self.sim is not None:
+            self.sim.terminate()
+            self.sim.wait(10)
+            self.sim = None
+
+    def start_service(self) -> None:
+        self.service = Service(self.settings)
+
+    def stop_service(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+            self.service = None
+
+    def close(self) -> None:
+        try:
+            self.stop_service()
+        finally:
+            self.stop_simulator()
+            self.probe.close()
+            self.nats.stop()
+
+    # --- driving ------------------------------------------------------------------------------
+
+    def control(self, **switches: Any) -> SimStatus:
+        return decode(self.probe.request(CONTROL_SUBJECT, encode(SimControl(**switches)), 2.0), SimStatus)
+
+    def send(self, payload: dict[str, Any] | bytes, subject: str | None = None) -> uuid.UUID | None:
+        if isinstance(payload, dict):
+            subject = subject or f"signals.approved.{payload['symbol']}"
+            self.probe.publish(subject, msgspec.json.encode(payload))
+            return order_id_for(uuid.UUID(payload["signal_id"]))
+        assert subject is not None
+        self.probe.publish(subject, payload)
+        return None
+
+    # --- looking ------------------------------------------------------------------------------
+
+    def ask(self, role: str, message: Any, timeout_s: float = 10.0) -> Any:
+        assert self.service is not None
+        return self.service.ask(getattr(self.service.peers, role), message, timeout_s)
+
+    def query(self, sql: str, **parameters: Any) -> list[tuple[Any, ...]]:
+        result: QueryResult = self.ask("recorder", Query(sql, parameters))
+        assert result.error is None, result.error
+        return result.rows
+
+    def order_row(self, order_id: uuid.UUID) -> dict[str, Any] | None:
+        assert self.service is not None
+        result: QueryResult = self.ask("recorder", Query("SELECT * FROM suho_analytics.orders FINAL WHERE order_id = {id:UUID}", {"id": order_id}))
+        return dict(zip(result.columns, result.rows[0], strict=True)) if result.rows else None
+
+    def wait_status(self, order_id: uuid.UUID, *statuses: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        return wait_until(
+            lambda: (row := self.order_row(order_id)) is not None and row["order_status"] in statuses and row,
+            timeout_s,
+            0.1,
+            f"order {order_id} to reach {statuses}",
+        )
+
+    def statuses_on_nats(self, order_id: uuid.UUID) -> list[str]:
+        found = []
+        for subject, data in self.probe.seen["orders.>"]:
+            if msgspec.json.decode(data).get("order_id") == str(order_id):
+                found.append(subject.split(".")[1])
+        return found
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [msgspec.json.decode(data) for _, data in self.probe.seen["signals.deadletter"]]
+
+    def positions(self) -> PositionsSnapshot:
+        return self.ask("positions", GetPositions())
+
+    def show(self, key: uuid.UUID) -> Any:
+        return self.ask("supervisor", ShowOrder(key))
+
+    def archive(self, idle_s: float = 1.5) -> list[OrderEvent]:
+        """Every record in this system's Kafka archive topic, in partition order."""
+
+        async def read() -> list[OrderEvent]:
+            consumer = AIOKafkaConsumer(
+                self.settings.archive_topic,
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                group_id=None,
+            )
+            await consumer.start()
+            records: list[OrderEvent] = []
+            try:
+                while True:
+                    batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+                    if not batch:
+                        return records
+                    for partition_records in batch.values():
+                        records += [decode(r.value, OrderEvent) for r in partition_records]
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(read())
