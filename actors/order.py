@@ -68,6 +68,7 @@ MT5_TYPES = {
     (OrderType.STOP_LIMIT, Side.SELL): Mt5OrderType.SELL_STOP_LIMIT,
 }
 MT5_TIME = {TimeInForce.GTC: Mt5TimeType.GTC, TimeInForce.DAY: Mt5TimeType.DAY, TimeInForce.GTD: Mt5TimeType.SPECIFIED}
+AWAITING_BROKER = (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
 # Unanswered status queries before a never-seen order is declared failed.
 MAX_UNKNOWN_REPORTS = 3
 
@@ -119,6 +120,8 @@ class OrderActor(ActorTypeDispatcher):
         self.order: Order | None = None
         self.pending_events: list[OrderEvent] = []
         self.unknown_reports = 0
+        # A cancel sent to the broker keeps the order active until the broker answers it.
+        self.cancelling = False
 
     @property
     def address(self) -> str:
@@ -137,20 +140,19 @@ class OrderActor(ActorTypeDispatcher):
     def receiveMsg_Assign(self, message: Assign, sender: Any) -> None:
         self.order = message.order
         self.unknown_reports = 0
+        self.cancelling = False
         self._log("info", "assigned (%s)", "revived" if message.reconcile else self.order.status.value)
         if self.order.version == 0:
             self._emit(EventKind.CREATED, detail="from signal")
-            if self.order.closes_position:
-                side = "long" if self.order.side is Side.SELL else "short"
-                self.send(self.peers.positions, ClosablePosition(self.order.order_id, self.order.symbol, side))
-            else:
-                self._submit()
+            self._start()
         else:
             self.send(self.peers.gateway, Route(self.order.order_id))
             if message.news is not None:
                 self._on_news(message.news)
             if message.reconcile and self.order is not None and self.order.status in IN_FLIGHT:
                 self._query_broker()
+            if message.cancel is not None:
+                self._cancel(message.cancel.reason)
         self._finish()
 
     def receiveMsg_PositionToClose(self, message: PositionToClose, sender: Any) -> None:
@@ -162,13 +164,21 @@ class OrderActor(ActorTypeDispatcher):
             self._submit(close_position=message.ticket, quantity=message.volume)
         self._finish()
 
+    def _start(self) -> None:
+        """Send a pending order out; a close order first learns which position it closes."""
+        assert self.order is not None
+        if self.order.closes_position and self.order.close_position is None:
+            side = "long" if self.order.side is Side.SELL else "short"
+            self.send(self.peers.positions, ClosablePosition(self.order.order_id, self.order.symbol, side))
+        else:
+            self._submit()
+
     def _submit(self, **changes: object) -> None:
         assert self.order is not None
         now = datetime.now(UTC)
         pending = OrderStatusMessage.of_order(self.order, self.address, now)
         self._emit(EventKind.SUBMITTED, submitted_at=now, **changes)
         self.send(self.peers.gateway, Submit(order_request(self.order, self.settings, self.address, now), pending))
-        self._arm_timer()
 
     # --- news from the broker -------------------------------------------------------------------
 
@@ -199,6 +209,7 @@ class OrderActor(ActorTypeDispatcher):
                     self._on_report(news)
                 case wire.RequestResult():
                     if news.retcode != Retcode.DONE:
+                        self.cancelling = False
                         self._log("warning", "broker refused the cancel: %s %s", news.retcode, news.comment)
         except IllegalTransition as refused:
             self._log("error", "refused: %s", refused)
@@ -219,9 +230,13 @@ class OrderActor(ActorTypeDispatcher):
         self._apply(event)
 
     def _on_report(self, report: wire.BrokerOrderReport) -> None:
-        """Fold the broker's whole truth about the order into ours."""
+        """Fold the broker's whole truth about the order (state and every deal) into ours."""
         assert self.order is not None
-        before = self.order.version
+        if self.order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED):
+            self._emit(
+                EventKind.QUERIED,
+                detail=f"broker reports {report.state.value}, {report.filled_volume}/{report.volume} in {len(report.deals)} deals",
+            )
         for deal in report.deals:
             self._on_deal(deal)
         state = report.state
@@ -235,16 +250,12 @@ class OrderActor(ActorTypeDispatcher):
         elif state is wire.BrokerOrderState.REJECTED and self.order.status in IN_FLIGHT:
             reason = f"{report.retcode} {report.comment}"
             self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
-        if self.order.version == before and self.order.status in IN_FLIGHT:
-            self._emit(EventKind.QUERIED, detail=f"broker reports {state.value}")
-        if self.order.status in IN_FLIGHT and not self._resting():
-            self._arm_timer()
 
     def _on_unknown_at_broker(self) -> None:
         assert self.order is not None
         self.unknown_reports += 1
         if self.order.status is OrderStatus.PENDING:
-            self._submit()
+            self._start()
         elif self.unknown_reports >= MAX_UNKNOWN_REPORTS:
             self._emit(EventKind.FAILED, detail="the broker never received the order", error_message="unknown at broker")
         else:
@@ -254,13 +265,14 @@ class OrderActor(ActorTypeDispatcher):
     # --- timers and operator commands -------------------------------------------------------------
 
     def _arm_timer(self) -> None:
+        """A timer bound to the order's current version: any later event makes it moot."""
         assert self.order is not None
         self.wakeupAfter(timedelta(seconds=self.settings.broker_timeout_s), payload=(self.order.order_id, self.order.version))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if self.order is None or message.payload != (self.order.order_id, self.order.version):
             return  # something happened since the timer was set
-        if self.order.status in IN_FLIGHT and not self._resting():
+        if self.order.status in AWAITING_BROKER and not self._resting():
             self._log("warning", "no news from the broker for %.1fs: asking", self.settings.broker_timeout_s)
             self._query_broker()
             self._arm_timer()
@@ -271,17 +283,23 @@ class OrderActor(ActorTypeDispatcher):
 
     def receiveMsg_CancelOrder(self, message: CancelOrder, sender: Any) -> None:
         if self.order is None or self.order.order_id != message.order_id:
+            # Released meanwhile: the supervisor holds it as resting now.
             self.send(self.peers.supervisor, message)
             return
+        self._cancel(message.reason)
+        self._finish()
+
+    def _cancel(self, reason: str) -> None:
+        assert self.order is not None
         try:
             if self.order.status is OrderStatus.PENDING:
-                self._emit(EventKind.CANCELLED, detail=message.reason)
+                self._emit(EventKind.CANCELLED, detail=reason)
             else:
-                self._emit(EventKind.CANCEL_REQUESTED, detail=message.reason)
+                self._emit(EventKind.CANCEL_REQUESTED, detail=reason)
+                self.cancelling = True
                 self.send(self.peers.gateway, CancelAtBroker(self.order.order_id))
         except IllegalTransition as refused:
             self._log("warning", "cancel refused: %s", refused)
-        self._finish()
 
     def receiveMsg_GetState(self, message: GetState, sender: Any) -> None:
         held = self.order if self.order is not None and self.order.order_id == message.order_id else None
@@ -302,19 +320,25 @@ class OrderActor(ActorTypeDispatcher):
         order = self.order
         return (
             order is not None
+            and not self.cancelling
             and order.order_type is not OrderType.MARKET
             and order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
             and order.broker_order_id is not None
         )
 
     def _finish(self) -> None:
-        """Record what happened, and give the order back when it is terminal or resting."""
+        """Record what happened; give the order back when it is terminal or resting, else
+        make sure a timer will ask the broker if nothing more is heard."""
         if self.pending_events:
             self.send(self.peers.recorder, Record(self.pending_events))
             self.pending_events = []
-        if self.order is not None and (self.order.status in TERMINAL or self._resting()):
+        if self.order is None:
+            return
+        if self.order.status in TERMINAL or self._resting():
             self.send(self.peers.supervisor, Released(self.order))
             self.order = None
+        elif self.order.status in AWAITING_BROKER:
+            self._arm_timer()
 
     def _log(self, level: str, text: str, *args: object) -> None:
         order_id = self.order.order_id if self.order is not None else "-"

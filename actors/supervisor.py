@@ -247,12 +247,11 @@ class Supervisor(ActorTypeDispatcher):
 
     def receiveMsg_CancelOrder(self, message: CancelOrder, sender: Any) -> None:
         if message.order_id in self.resting:
-            self._assign(Assign(self.resting[message.order_id]))
-        actor = self.active.get(message.order_id)
-        if actor is None:
-            log.warning("cancel of %s: not an open order", message.order_id)
+            self._assign(Assign(self.resting[message.order_id], cancel=message))
+        elif message.order_id in self.active:
+            self.send(self.active[message.order_id], message)
         else:
-            self.send(actor, message)
+            log.warning("cancel of %s: not an open order", message.order_id)
 
     def receiveMsg_ShowOrder(self, message: ShowOrder, sender: Any) -> None:
         order_id = self.known[message.key][0] if message.key in self.known else message.key

@@ -101,13 +101,22 @@ class CrossChecked(msgspec.Struct, frozen=True):
 # --- orders ---------------------------------------------------------------------------
 
 
+class CancelOrder(msgspec.Struct, frozen=True):
+    """An operator's (or the system's) cancellation of one order."""
+
+    order_id: uuid.UUID
+    reason: str
+
+
 class Assign(msgspec.Struct, frozen=True):
     """Make this order active on the receiving OrderActor. With ``reconcile`` the actor first
-    asks the broker what happened (a revived order); ``news`` is broker news to apply."""
+    asks the broker what happened (a revived order); ``news`` is broker news to apply and
+    ``cancel`` a cancellation to carry out."""
 
     order: Order
     reconcile: bool = False
     news: BrokerNews | None = None
+    cancel: CancelOrder | None = None
 
 
 class Released(msgspec.Struct, frozen=True):
@@ -147,13 +156,6 @@ class QueryBroker(msgspec.Struct, frozen=True):
 
 class CancelAtBroker(msgspec.Struct, frozen=True):
     order_id: uuid.UUID
-
-
-class CancelOrder(msgspec.Struct, frozen=True):
-    """An operator's (or the system's) cancellation of one order."""
-
-    order_id: uuid.UUID
-    reason: str
 
 
 class Record(msgspec.Struct, frozen=True):

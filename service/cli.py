@@ -149,3 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             if result.error:
                 sys.exit(result.error)
             print(table(result.columns, result.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,8 @@ written once, and a send reported done is on every in-sync replica.
 
 from __future__ import annotations
 
+import asyncio
+
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
@@ -19,6 +21,8 @@ from service.logs import Log
 log = Log(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC_OR_PARTITION = 3
+_LEADER_NOT_AVAILABLE = 5
 
 
 def _to_bytes(value: bytes | str | None) -> bytes | None:
@@ -64,19 +68,16 @@ async def ensure_topic(settings: Settings, timeout_ms: int = 10_000) -> None:
             [NewTopic(topic, num_partitions=partitions, replication_factor=replicas)],
             timeout_ms=timeout_ms,
         )
+        created = True
         for _name, code, *rest in response.topic_errors:
             if code == _TOPIC_ALREADY_EXISTS:
-                break
-            if code != 0:
+                created = False
+            elif code != 0:
                 raise for_code(code)(f"creating topic {topic}: {rest[0] if rest else ''}")
-        else:
+        if created:
             log.info("created Kafka topic %s with %d partitions", topic, partitions)
-            return
 
-        (described,) = await admin.describe_topics([topic])
-        if described["error_code"] != 0:
-            raise for_code(described["error_code"])(f"describing topic {topic}")
-        have = len(described["partitions"])
+        have = await _partitions(admin, topic, timeout_ms, at_least=partitions if created else 1)
         if have < partitions:
             log.warning(
                 "Kafka topic %s has %d partitions, growing it to %d: keys move partition",
@@ -88,6 +89,7 @@ async def ensure_topic(settings: Settings, timeout_ms: int = 10_000) -> None:
             for _name, code, message in response.topic_errors:
                 if code != 0:
                     raise for_code(code)(f"growing topic {topic}: {message}")
+            await _partitions(admin, topic, timeout_ms, at_least=partitions)
         elif have > partitions:
             log.warning(
                 "Kafka topic %s has %d partitions, more than the %d configured; left as is",
@@ -95,3 +97,22 @@ async def ensure_topic(settings: Settings, timeout_ms: int = 10_000) -> None:
             )
     finally:
         await admin.close()
+
+
+async def _partitions(admin: AIOKafkaAdminClient, topic: str, timeout_ms: int, at_least: int = 1) -> int:
+    """The topic's partition count as the broker's metadata shows it. The controller answers
+    CreateTopics once it committed the change; the broker applies it a moment later, so a
+    topic just created (by us or by a concurrent caller) may be unknown for a few ms."""
+    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+    while True:
+        (described,) = await admin.describe_topics([topic])
+        code, have = described["error_code"], len(described["partitions"])
+        if code == 0 and have >= at_least:
+            return have
+        if code not in (0, _UNKNOWN_TOPIC_OR_PARTITION, _LEADER_NOT_AVAILABLE):
+            raise for_code(code)(f"describing topic {topic}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise for_code(code or _UNKNOWN_TOPIC_OR_PARTITION)(
+                f"topic {topic} not visible with {at_least}+ partitions after {timeout_ms} ms"
+            )
+        await asyncio.sleep(0.05)

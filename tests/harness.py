@@ -23,6 +23,8 @@ import msgspec
 import nats
 from aiokafka import AIOKafkaConsumer
 
+from ports import free_port
+
 from messages.actor import GetPositions, PositionsSnapshot, Query, QueryResult, ShowOrder
 from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
@@ -33,14 +35,6 @@ from system import Service
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "deploy/local/infra.sh"
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], T], timeout_s: float = 15.0, interval_s: float = 0.05, what: str = "") -> T:
@@ -100,6 +94,12 @@ class NatsProbe:
             await self.js.publish(subject, payload)
 
         self._run(publish())
+
+    def publish_concurrently(self, subject: str, payloads: list[bytes]) -> None:
+        async def publish_all() -> None:
+            await asyncio.gather(*(self.js.publish(subject, payload) for payload in payloads))
+
+        self._run(publish_all())
 
     def request(self, subject: str, payload: bytes, timeout_s: float = 5.0) -> bytes:
         async def request() -> bytes:

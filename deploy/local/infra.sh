@@ -14,7 +14,8 @@
 # file to use instead of deploy/kafka/log4j2.xml, e.g. one at INFO for debugging),
 # EXEC_CACHE_DIR (~/.cache/execution-service), EXEC_PYTHON (<repo>/.venv/bin/python),
 # EXEC_ARCHIVE_TOPIC / EXEC_ARCHIVE_PARTITIONS (read through service.config),
-# INFRA_TIMEOUT (seconds to wait for a server to answer, 90).
+# INFRA_TIMEOUT (seconds to wait for a server to answer, 90), EXEC_INFRA_REGISTRY (a file: `up`
+# appends its run dir to it, so a caller such as .ci/run can stop every server started under it).
 #
 # Layout of the run dir: nats.pid, nats.log, nats/ (JetStream store), kafka.pid,
 # kafka/{server.properties,cluster.id,data/,logs/server.log,kafka.out}.
@@ -185,6 +186,9 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$RUN/kafka/data
 num.partitions=1
+# Topics are made on purpose (service.kafka.ensure_topic), never by a stray produce or a
+# metadata request (aiokafka's asks for auto-creation) with the wrong partition count.
+auto.create.topics.enable=false
 default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
@@ -287,6 +291,7 @@ case $cmd in
 up)
     mkdir -p "$RUN"
     RUN="$(cd "$RUN" && pwd)"
+    if [[ -n ${EXEC_INFRA_REGISTRY:-} ]]; then echo "$RUN" >>"$EXEC_INFRA_REGISTRY"; fi
     exports=()
     for s in $(services "$@"); do
         case $s in
