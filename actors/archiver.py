@@ -26,7 +26,7 @@ class Archiver(SinkActor):
         self.producer = producer
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
-        self.enqueue(message.events)
+        self.enqueue(message.events, message.batch_id, sender)
 
     async def write(self, batch: list[OrderEvent]) -> None:
         assert self.producer is not None

@@ -1,8 +1,9 @@
 """Recorder: the ClickHouse writer, and the only holder of the store (chdb is single-process).
 
-Batches by size and time. Nothing handed to it is acknowledged or passed on until it is
-durably written: after each successful flush it forwards the events to the archiver and
-the status publisher, the fills to the position keeper, and tells ingress which signals'
+Batches by size and time. What it is handed goes to its outbox on disk at once (so a killed
+recorder loses nothing), and nothing is acknowledged or passed on until it is in ClickHouse:
+after each successful flush it forwards the events to the archiver and the status publisher
+(which confirm them), the fills to the position keeper, and tells ingress which signals'
 orders are now recorded. A failing write is retried with backoff; the batch is kept.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
@@ -18,6 +20,7 @@ from messages.actor import (
     Configure,
     CrossCheck,
     CrossChecked,
+    Delivered,
     Drain,
     Drained,
     FillsLoaded,
@@ -39,15 +42,17 @@ from messages.actor import (
     SignalsDurable,
     StateLoaded,
 )
-from messages.order import EventKind, Fill, OrderEvent
-from messages.position import Position
+from messages.order import EventKind, OrderEvent
 from service.config import Settings
+from service.outbox import Batch, Outbox
 from service.store import Store
 from service.logs import Log
 
 log = Log(__name__)
 
 MAX_BACKOFF_S = 5.0
+# The sinks that confirm each batch; a batch leaves the outbox when both have it.
+SINKS = ("archiver", "status_publisher")
 READ_ONLY = re.compile(r"\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS)\b", re.IGNORECASE)
 
 
@@ -55,79 +60,122 @@ class Recorder(ActorTypeDispatcher):
     def __init__(self) -> None:
         super().__init__()
         self.store: Store | None = None
-        self.events: list[OrderEvent] = []
-        self.deals: list[Fill] = []
-        self.positions: list[Position] = []
+        self.held = Batch()
+        # Sealed batches (in ClickHouse) -> the sinks that have not confirmed them yet.
+        self.unconfirmed: dict[int, tuple[list[OrderEvent], set[str]]] = {}
         self.flush_scheduled = False
         self.backoff_s = 0.0
+        self.drain_asker: Any = None
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
         if self.store is None:
             self.store = Store(self.settings.dsn, self.settings.clickhouse_database)
+            self.outbox = Outbox(Path(self.settings.run_dir) / "outbox")
+            self._take_over_leftovers()
         self.send(sender, Ready("recorder"))
 
+    def _take_over_leftovers(self) -> None:
+        """Replay what a recorder before this one was handed but had not passed on."""
+        assert self.store is not None
+        sealed, unflushed = self.outbox.leftovers()
+        for batch_id, batch in sealed:
+            self.store.record_events(batch.events)
+            self.unconfirmed[batch_id] = (batch.events, set(SINKS))
+        self.held = unflushed
+        if sealed or unflushed:
+            log.warning("outbox: replaying %d sealed batches and %d unflushed items", len(sealed), len(unflushed))
+            self._republish({role for role in SINKS if getattr(self.peers, role) is not None})
+            self._schedule()
+
     def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
+        """A sink was (re)started: what it had not confirmed goes to its successor."""
+        moved = {role for role in SINKS if getattr(message, role) != getattr(self.peers, role)}
         self.peers = message
+        self._republish(moved)
+
+    def _republish(self, roles: set[str]) -> None:
+        for batch_id, (events, waiting) in sorted(self.unconfirmed.items()):
+            for role in waiting & roles:
+                self.send(getattr(self.peers, role), Publish(events, batch_id))
 
     def receiveMsg_Record(self, message: Record, sender: Any) -> None:
-        self.events.extend(message.events)
-        self._schedule()
+        self._hold(Batch(events=message.events))
 
     def receiveMsg_RecordDeals(self, message: RecordDeals, sender: Any) -> None:
-        self.deals.extend(message.fills)
-        self._schedule()
+        self._hold(Batch(deals=message.fills))
 
     def receiveMsg_RecordPositions(self, message: RecordPositions, sender: Any) -> None:
-        self.positions.extend(message.positions)
+        self._hold(Batch(positions=message.positions))
+
+    def _hold(self, batch: Batch) -> None:
+        self.outbox.append(batch)
+        self.held.extend(batch)
         self._schedule()
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         self.flush_scheduled = False
         self._flush()
 
-    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
-        self._flush()
-        self.send(sender, Drained("recorder"))
+    def receiveMsg_Delivered(self, message: Delivered, sender: Any) -> None:
+        entry = self.unconfirmed.get(message.batch_id)
+        if entry is None:
+            return
+        entry[1].discard(message.role)
+        if not entry[1]:
+            del self.unconfirmed[message.batch_id]
+            self.outbox.done(message.batch_id)
+        self._answer_drain()
 
-    def _held(self) -> int:
-        return len(self.events) + len(self.deals) + len(self.positions)
+    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        self.drain_asker = sender
+        self._flush()
+        self._answer_drain()
+
+    def _answer_drain(self) -> None:
+        if self.drain_asker is not None and not self.unconfirmed and not len(self.held):
+            self.send(self.drain_asker, Drained("recorder"))
+            self.drain_asker = None
 
     def _schedule(self) -> None:
-        if self._held() >= self.settings.batch_size and self.backoff_s == 0:
+        if len(self.held) >= self.settings.batch_size and self.backoff_s == 0:
             self._flush()
         elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.wakeupAfter(timedelta(milliseconds=self.settings.batch_window_ms))
 
     def _flush(self) -> None:
-        if not self._held():
+        if not len(self.held):
             return
         assert self.store is not None
-        events, deals, positions = self.events, self.deals, self.positions
+        batch = self.held
         try:
-            self.store.record_events(events)
-            self.store.record_fills(deals, str(self.myAddress))
-            self.store.record_positions(positions)
+            self.store.record_events(batch.events)
+            self.store.record_fills(batch.deals, str(self.myAddress))
+            self.store.record_positions(batch.positions)
         except Exception as exc:  # the server may be down: keep everything, try again later
             self.backoff_s = min(MAX_BACKOFF_S, max(0.1, self.backoff_s * 2))
-            log.warning("ClickHouse write failed (%s); holding %d items, retry in %.1fs", exc, self._held(), self.backoff_s)
+            log.warning("ClickHouse write failed (%s); holding %d items, retry in %.1fs", exc, len(batch), self.backoff_s)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 self.wakeupAfter(timedelta(seconds=self.backoff_s))
             return
         self.backoff_s = 0.0
-        self.events, self.deals, self.positions = [], [], []
-        if events:
-            self.send(self.peers.archiver, Publish(events))
-            self.send(self.peers.status_publisher, Publish(events))
-            created = [e.order.signal_id for e in events if e.kind is EventKind.CREATED]
+        self.held = Batch()
+        batch_id = self.outbox.seal()
+        if batch.events:
+            self.unconfirmed[batch_id] = (batch.events, set(SINKS))
+            for role in SINKS:
+                self.send(getattr(self.peers, role), Publish(batch.events, batch_id))
+            created = [e.order.signal_id for e in batch.events if e.kind is EventKind.CREATED]
             if created:
                 self.send(self.peers.ingress, SignalsDurable(created))
-        fill_events = [e for e in events if e.fill is not None]
-        if fill_events or deals:
-            self.send(self.peers.positions, FillsRecorded(fill_events, deals))
+        else:
+            self.outbox.done(batch_id)
+        fill_events = [e for e in batch.events if e.fill is not None]
+        if fill_events or batch.deals:
+            self.send(self.peers.positions, FillsRecorded(fill_events, batch.deals))
 
     # --- questions only the store can answer -------------------------------------------
 
@@ -141,7 +189,7 @@ class Recorder(ActorTypeDispatcher):
         self.send(sender, FillsLoaded(self.store.fills_with_stops()))
 
     def receiveMsg_Rehydrate(self, message: Rehydrate, sender: Any) -> None:
-        held = [e for e in self.events if e.order_id == message.order_id]
+        held = [e for e in self.held.events if e.order_id == message.order_id]
         if held:
             order = max(held, key=lambda e: e.seq).order
         else:
@@ -152,7 +200,7 @@ class Recorder(ActorTypeDispatcher):
 
     def receiveMsg_GetHistory(self, message: GetHistory, sender: Any) -> None:
         assert self.store is not None
-        held = [e for e in self.events if e.order_id == message.order_id]
+        held = [e for e in self.held.events if e.order_id == message.order_id]
         recorded = self.store.history(message.order_id)
         seen = {e.seq for e in recorded}
         self.send(sender, History(recorded + [e for e in held if e.seq not in seen]))

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from actors.loop import LoopActor
-from messages.actor import Configure, Drain, Drained, Peers, Ready
+from messages.actor import Configure, Delivered, Peers, Ready
 from service.config import Settings
 from service.logs import Log
 
@@ -40,26 +40,23 @@ class SinkActor(LoopActor):
     def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
         self.peers = message
 
-    def enqueue(self, items: list[Any]) -> None:
+    def enqueue(self, items: list[Any], batch_id: int | None = None, confirm_to: Any = None) -> None:
+        """Queue items for writing; with a batch_id, ``confirm_to`` hears Delivered once they are written."""
         assert self.loop is not None
-        for item in items:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-    def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
-        async def drained() -> None:
-            await self.queue.join()
-            self.deliver(sender, Drained(self.role))
-
-        self.spawn(drained())
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (items, batch_id, confirm_to))
 
     async def _drain_forever(self) -> None:
         await self._retry("connect", self.open)
         while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.settings.batch_size and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            await self._retry(f"write of {len(batch)}", lambda: self.write(batch))
-            for _ in batch:
+            taken = [await self.queue.get()]
+            while sum(len(items) for items, _, _ in taken) < self.settings.batch_size and not self.queue.empty():
+                taken.append(self.queue.get_nowait())
+            batch = [item for items, _, _ in taken for item in items]
+            if batch:
+                await self._retry(f"write of {len(batch)}", lambda: self.write(batch))
+            for _, batch_id, confirm_to in taken:
+                if batch_id is not None:
+                    self.deliver(confirm_to, Delivered(self.role, batch_id))
                 self.queue.task_done()
 
     async def _retry(self, what: str, attempt: Any) -> None:

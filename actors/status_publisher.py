@@ -30,7 +30,7 @@ class StatusPublisher(SinkActor):
         self.nc, self.js = await connect_nats(self.settings)
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
-        self.enqueue([e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY])
+        self.enqueue([e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY], message.batch_id, sender)
 
     def receiveMsg_PublishAlert(self, message: PublishAlert, sender: Any) -> None:
         self.enqueue([message.alert])

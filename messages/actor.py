@@ -173,9 +173,17 @@ class RecordPositions(msgspec.Struct, frozen=True):
 
 
 class Publish(msgspec.Struct, frozen=True):
-    """Recorded events, for the archive and the status subjects."""
+    """Recorded events, for the archive and the status subjects; confirmed with Delivered."""
 
     events: list[OrderEvent]
+    batch_id: int
+
+
+class Delivered(msgspec.Struct, frozen=True):
+    """A sink has durably written batch ``batch_id``."""
+
+    role: str
+    batch_id: int
 
 
 class FillsRecorded(msgspec.Struct, frozen=True):

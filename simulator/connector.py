@@ -15,6 +15,7 @@ of a book call), so the book needs no locks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import nats
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -51,7 +53,7 @@ from simulator.book import Book, BrokerConfig, Event
 from simulator.config import SimConfig
 from simulator.control import SimControl, SimStatus
 from simulator.faults import Envelope, FaultInjector, Wire
-from simulator.market import Clock, Market, Session, read_ticks
+from simulator.market import Clock, Market, Session, Tick, read_ticks
 from simulator.state import SimState, load_state, save_state
 
 log = logging.getLogger("simulator")
@@ -93,10 +95,13 @@ class Connector:
         self.faults = FaultInjector(config.faults, config.seed)
         self.wire = Wire(self.faults)
         self._nc: nats.NATS | None = None
-        self._orders_sub = None
+        self._js: JetStreamContext | None = None
+        self._orders_sub: JetStreamContext.PushSubscription | None = None
         self._online = False
-        # Published, JetStream ack awaited before the orders behind them are acked.
-        self._inflight: list[tuple[Envelope, asyncio.Future]] = []
+        # Published, JetStream ack awaited before the orders behind them are acked; keyed by a
+        # sequence number so concurrent flushes settle each entry once.
+        self._inflight: dict[int, tuple[Envelope, asyncio.Future]] = {}
+        self._sent = itertools.count()
         # Not published yet (offline, or the publish failed): sent when possible, in order.
         self._backlog: list[Envelope] = []
         self._unacked: list[Msg] = []
@@ -111,7 +116,9 @@ class Connector:
         await self._connect()
         self._loops.append(asyncio.create_task(self._housekeeping()))
         if self.config.ticks_csv:
-            self._loops.append(asyncio.create_task(self._replay()))
+            # Read now, so a bad file stops the start instead of a background task.
+            ticks = read_ticks(self.config.ticks_csv, self.market.specs)
+            self._loops.append(asyncio.create_task(self._replay(ticks)))
         elif self.config.tick_ms > 0:
             self._loops.append(asyncio.create_task(self._random_walk()))
         log.info("simulated mt5-connector up on %s (seed %s, prefix %s)", self.config.nats_url, self.config.seed, self.config.stream_prefix)
@@ -127,23 +134,31 @@ class Connector:
         log.info("simulated mt5-connector stopped")
 
     async def _connect(self) -> None:
+        """Connect and set everything up, retrying until it works: the simulator may start
+        before NATS, and a reconnect may find its consumer still bound for a moment."""
         backoff = 0.2
         while True:
             try:
-                self._nc = await nats.connect(
-                    self.config.nats_url,
-                    name="mt5-simulator",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    error_cb=self._on_nats_error,
-                )
+                await self._set_up()
                 break
             except Exception as exc:
-                log.warning("NATS not reachable at %s (%s); retrying", self.config.nats_url, exc)
+                log.warning("NATS set-up on %s failed (%s); retrying", self.config.nats_url, exc)
+                if self._nc is not None and not self._nc.is_closed:
+                    await self._nc.close()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-        js = self._nc.jetstream()
-        self._js = js
+        self._online = True
+        await self._send_backlog()
+
+    async def _set_up(self) -> None:
+        self._nc = nc = await nats.connect(
+            self.config.nats_url,
+            name="mt5-simulator",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=self._on_nats_error,
+        )
+        self._js = js = nc.jetstream()
         orders_stream = await self._ensure_stream("ORDERS", "orders.>")
         await self._ensure_stream("BROKER", "broker.>")
         for subject, handler in (
@@ -152,8 +167,8 @@ class Connector:
             (ORDER_STATUS_SUBJECT, self._order_status),
             (POSITIONS_SUBJECT, self._positions),
         ):
-            await self._nc.subscribe(subject, cb=self._answering(handler))
-        await self._nc.subscribe(self.config.control_subject, cb=self._on_control)
+            await nc.subscribe(subject, cb=self._answering(handler))
+        await nc.subscribe(self.config.control_subject, cb=self._on_control)
         self._orders_sub = await js.subscribe(
             ORDERS_FILTER,
             durable=self.config.durable,
@@ -167,8 +182,6 @@ class Connector:
                 max_ack_pending=MAX_ACK_PENDING,
             ),
         )
-        self._online = True
-        await self._send_backlog()
 
     async def _go_offline(self) -> None:
         """Finish the orders already delivered, ack them, then close the connection."""
@@ -301,15 +314,22 @@ class Connector:
             log.warning("publish of %s failed (%s); will retry", envelope.label, exc)
             self._backlog.append(envelope)
             return
-        self._inflight.append((envelope, future))
+        self._inflight[next(self._sent)] = (envelope, future)
 
     async def _flush(self) -> None:
-        inflight, self._inflight = self._inflight, []
-        for envelope, future in inflight:
-            try:
-                await asyncio.wait_for(future, PUBLISH_TIMEOUT_S)
-            except Exception as exc:
-                log.warning("publish of %s not confirmed (%s); will retry", envelope.label, exc)
+        """Wait until everything published so far is stored; what is not goes to the backlog."""
+        pending = list(self._inflight.items())
+        if not pending:
+            return
+        await asyncio.wait([future for _, (_, future) in pending], timeout=PUBLISH_TIMEOUT_S)
+        for key, (envelope, future) in pending:
+            if self._inflight.pop(key, None) is None:
+                continue  # settled by a concurrent flush
+            if not future.done():
+                future.cancel()
+            if future.cancelled() or future.exception() is not None:
+                problem = "timed out" if future.cancelled() else future.exception()
+                log.warning("publish of %s not confirmed (%s); will retry", envelope.label, problem)
                 self._backlog.append(envelope)
 
     async def _send_backlog(self) -> None:
@@ -430,8 +450,7 @@ class Connector:
                 events += self.book.on_quote(symbol, now)
             await self._guarded(self._publish(events))
 
-    async def _replay(self) -> None:
-        ticks = read_ticks(self.config.ticks_csv, self.market.specs)
+    async def _replay(self, ticks: list[Tick]) -> None:
         previous = None
         for tick in ticks:
             pause = 0.0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
-from messages.broker import BrokerFill
+from messages.broker import BrokerError, BrokerFill
 from messages.codec import decode, encode
 from messages.enums import Mt5OrderType
 from simulator.client import SimClient, order_request
@@ -29,6 +29,7 @@ SYMBOLS = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 
 
 async def measure(url: str, orders: int) -> dict[str, float]:
+    """Submit ``orders`` market orders to the simulator at ``url``; time until each has its outcome."""
     client = await SimClient.connect(url)
     deadline = time.monotonic() + 15
     while True:  # until the simulator answers (and so has made its streams)
@@ -44,17 +45,21 @@ async def measure(url: str, orders: int) -> dict[str, float]:
     ]
     sent: dict[uuid.UUID, float] = {}
     latencies: list[float] = []
+    rejected: list[BrokerError] = []
     done = asyncio.Event()
 
-    async def on_fill(msg: Msg) -> None:
-        fill = decode(msg.data, BrokerFill)
-        if fill.order_id in sent:
-            latencies.append(time.perf_counter() - sent[fill.order_id])
+    async def on_outcome(msg: Msg) -> None:
+        outcome = decode(msg.data, BrokerError if msg.subject.startswith("broker.error.") else BrokerFill)
+        if isinstance(outcome, BrokerError):
+            rejected.append(outcome)
+        if outcome.order_id in sent:
+            latencies.append(time.perf_counter() - sent.pop(outcome.order_id))
         if len(latencies) == orders:
             done.set()
 
-    # Core subscription: with no faults each order gives exactly one fill.
-    await client.nc.subscribe("broker.fill.>", cb=on_fill)
+    # Core subscriptions: with no faults each order gives exactly one fill (0.01 lots) or error.
+    await client.nc.subscribe("broker.fill.>", cb=on_outcome)
+    await client.nc.subscribe("broker.error.>", cb=on_outcome)
     await client.nc.flush()
     started = time.perf_counter()
     futures = []
@@ -78,6 +83,7 @@ async def measure(url: str, orders: int) -> dict[str, float]:
         "per_second": orders / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "rejected": len(rejected),
     }
 
 
@@ -90,7 +96,8 @@ def main() -> None:
         log_path = Path(directory) / "simulator.log"
         with open(log_path, "wb") as log_file:
             simulator = subprocess.Popen(
-                [sys.executable, "-m", "simulator", "--nats-url", url, "--tick-ms", "0", "--log-level", args.sim_log_level],
+                # A balance large enough that margin never refuses an order of the run.
+                [sys.executable, "-m", "simulator", "--nats-url", url, "--tick-ms", "0", "--balance", "1e9", "--log-level", args.sim_log_level],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
@@ -101,8 +108,9 @@ def main() -> None:
                 simulator.wait(timeout=10)
     print(
         f"{result['orders']} market orders (JetStream in, one fill each out, simulator log {args.sim_log_level}): "
-        f"all filled in {result['elapsed_s']:.2f} s -> {result['per_second']:.0f} orders/s; "
-        f"submitting took {result['submit_s']:.2f} s; publish-to-fill p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms"
+        f"all done in {result['elapsed_s']:.2f} s -> {result['per_second']:.0f} orders/s; "
+        f"submitting took {result['submit_s']:.2f} s; publish-to-fill p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; "
+        f"rejected {result['rejected']:.0f}"
     )
 
 

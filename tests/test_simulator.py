@@ -56,7 +56,7 @@ def nats_url(tmp_path: Path):
 
 def config(url: str, **overrides: Any) -> SimConfig:
     """Prices move only when a test says so; tickets and deals are numbered from 1000."""
-    return SimConfig(**{"nats_url": url, "tick_ms": 0, "ticket_base": 1000, "seed": 7, "log_level": "DEBUG", **overrides})
+    return SimConfig(**{"nats_url": url, "tick_ms": 0, "ticket_base": 1000, "seed": 7, **overrides})
 
 
 @asynccontextmanager
@@ -612,3 +612,12 @@ def test_python_m_simulator_runs_as_a_process_until_sigterm(nats_url, tmp_path):
     assert process.returncode == 0, output
     assert state_file.exists()
     assert "received" in output and "filled" in output and "stopped" in output
+
+
+def test_the_throughput_run_reports_orders_per_second():
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.throughput", "--orders", "200", "--sim-log-level", "WARNING"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "200 market orders" in result.stdout and "orders/s" in result.stdout and "rejected 0" in result.stdout
