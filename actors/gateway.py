@@ -37,8 +37,8 @@ from messages.codec import ContractError, decode, encode
 from messages.order import OrderStatusMessage
 from messages.symbols import SYMBOLS
 from service.config import Settings
-from service.streams import connect_nats, ensure_streams
 from service.logs import Log
+from service.streams import connect_nats, ensure_streams
 
 log = Log(__name__)
 
@@ -72,9 +72,6 @@ class BrokerGateway(LoopActor):
             self.spawn(self._connect_and_consume(sender))
         else:
             self.send(sender, Ready("gateway"))
-
-    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        self.peers = message
 
     async def _connect_and_consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)

@@ -33,8 +33,8 @@ from messages.order import DeadLetter
 from messages.signal import SignalRefused, TradingSignal, check_executable
 from messages.symbols import SYMBOLS
 from service.config import Settings
-from service.streams import connect_nats, ensure_streams
 from service.logs import Log
+from service.streams import connect_nats, ensure_streams
 
 log = Log(__name__)
 
@@ -64,9 +64,6 @@ class Ingress(LoopActor):
             self.spawn(self._consume(sender))
         else:
             self.send(sender, Ready("ingress"))
-
-    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        self.peers = message
 
     async def _consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)

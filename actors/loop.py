@@ -17,13 +17,15 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, ThespianWatch, WatchMessage
+from thespian.actors import ThespianWatch, WatchMessage
+
+from actors.base import RoleActor
 from service.logs import Log
 
 log = Log(__name__)
 
 
-class LoopActor(ActorTypeDispatcher):
+class LoopActor(RoleActor):
     """Base for actors that do asyncio I/O. Call ``start_loop`` once, when configured."""
 
     loop: asyncio.AbstractEventLoop | None = None

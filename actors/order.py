@@ -14,9 +14,17 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
 
-from actors.lifecycle import IN_FLIGHT, TERMINAL, IllegalTransition, advance, apply_deal, fill_of
+from actors.base import RoleActor
+from actors.lifecycle import (
+    IN_FLIGHT,
+    TERMINAL,
+    IllegalTransition,
+    advance,
+    apply_deal,
+    fill_of,
+)
 from messages import broker as wire
 from messages.actor import (
     Assign,
@@ -27,8 +35,8 @@ from messages.actor import (
     ClosablePosition,
     Configure,
     GetState,
-    Orphan,
     OrderState,
+    Orphan,
     Peers,
     PositionToClose,
     QueryBroker,
@@ -114,7 +122,7 @@ def order_request(order: Order, settings: Settings, actor_address: str, at: date
     )
 
 
-class OrderActor(ActorTypeDispatcher):
+class OrderActor(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.order: Order | None = None
@@ -131,9 +139,6 @@ class OrderActor(ActorTypeDispatcher):
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
         self.send(sender, Ready("order"))
-
-    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        self.peers = message
 
     # --- taking an order --------------------------------------------------------------------
 
@@ -300,6 +305,9 @@ class OrderActor(ActorTypeDispatcher):
                 self.send(self.peers.gateway, CancelAtBroker(self.order.order_id))
         except IllegalTransition as refused:
             self._log("warning", "cancel refused: %s", refused)
+
+    def doing(self) -> str:
+        return f"order {self.order.order_id} ({self.order.status.value})" if self.order else "idle"
 
     def receiveMsg_GetState(self, message: GetState, sender: Any) -> None:
         held = self.order if self.order is not None and self.order.order_id == message.order_id else None

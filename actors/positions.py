@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
 
+from actors.base import RoleActor
 from messages.actor import (
     ClosablePosition,
     Configure,
@@ -30,7 +31,14 @@ from messages.actor import (
     RecordPositions,
 )
 from messages.broker import BrokerPosition
-from messages.enums import DealEntry, DealReason, ExitReason, PositionSide, PositionStatus, Side
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    ExitReason,
+    PositionSide,
+    PositionStatus,
+    Side,
+)
 from messages.order import Fill
 from messages.position import Position, PositionAlert, position_id_for
 from messages.symbols import SYMBOLS
@@ -149,7 +157,7 @@ class PositionBook:
         return [p for p in self.positions.values() if p.position_status is PositionStatus.OPEN]
 
 
-class PositionKeeper(ActorTypeDispatcher):
+class PositionKeeper(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.book = PositionBook()
@@ -161,9 +169,6 @@ class PositionKeeper(ActorTypeDispatcher):
         self.peers: Peers = message.peers
         self.configurer = sender
         self.send(self.peers.recorder, LoadFills())
-
-    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        self.peers = message
 
     def receiveMsg_FillsLoaded(self, message: FillsLoaded, sender: Any) -> None:
         for fill, stop_loss, take_profit in message.fills:

@@ -14,8 +14,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from thespian.actors import ActorTypeDispatcher, WakeupMessage
+from thespian.actors import WakeupMessage
 
+from actors.base import RoleActor
 from messages.actor import (
     Configure,
     CrossCheck,
@@ -44,9 +45,9 @@ from messages.actor import (
 )
 from messages.order import EventKind, OrderEvent
 from service.config import Settings
+from service.logs import Log
 from service.outbox import Batch, Outbox
 from service.store import Store
-from service.logs import Log
 
 log = Log(__name__)
 
@@ -56,7 +57,7 @@ SINKS = ("archiver", "status_publisher")
 READ_ONLY = re.compile(r"\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS)\b", re.IGNORECASE)
 
 
-class Recorder(ActorTypeDispatcher):
+class Recorder(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.store: Store | None = None

@@ -37,9 +37,6 @@ class SinkActor(LoopActor):
             self.spawn(self._drain_forever())
         self.send(sender, Ready(self.role))
 
-    def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        self.peers = message
-
     def enqueue(self, items: list[Any], batch_id: int | None = None, confirm_to: Any = None) -> None:
         """Queue items for writing; with a batch_id, ``confirm_to`` hears Delivered once they are written."""
         assert self.loop is not None

@@ -15,8 +15,8 @@ from messages.codec import encode
 from messages.enums import OrderStatus
 from messages.order import OrderEvent, OrderStatusMessage
 from messages.position import ALERT_SUBJECT, PositionAlert
-from service.streams import connect_nats
 from service.logs import Log
+from service.streams import connect_nats
 
 log = Log(__name__)
 

@@ -14,9 +14,10 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.archiver import Archiver
+from actors.base import RoleActor
 from actors.gateway import BrokerGateway
 from actors.ingress import Ingress
 from actors.lifecycle import TERMINAL
@@ -31,12 +32,14 @@ from messages.actor import (
     BrokerUpdate,
     CancelOrder,
     Configure,
+    Directory,
     Drain,
     Drained,
+    GetDirectory,
     GetPeers,
     LoadState,
-    Orphan,
     OrderDirectoryEntry,
+    Orphan,
     Peers,
     QueryBroker,
     Ready,
@@ -103,7 +106,7 @@ def order_from_signal(signal: TradingSignal, settings: Settings) -> Order:
     )
 
 
-class Supervisor(ActorTypeDispatcher):
+class Supervisor(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.peers = Peers()
@@ -269,6 +272,12 @@ class Supervisor(ActorTypeDispatcher):
 
     def receiveMsg_GetPeers(self, message: GetPeers, sender: Any) -> None:
         self.send(sender, self.peers)
+
+    def receiveMsg_GetDirectory(self, message: GetDirectory, sender: Any) -> None:
+        self.send(sender, Directory(self.peers, [*self.idle, *self.active.values()]))
+
+    def doing(self) -> str:
+        return f"{len(self.active)} active, {len(self.resting)} resting, {len(self.waiting)} waiting orders"
 
     # --- housekeeping -------------------------------------------------------------------------------
 

@@ -307,3 +307,23 @@ class GetPositions(msgspec.Struct, frozen=True):
 
 class PositionsSnapshot(msgspec.Struct, frozen=True):
     positions: list[Position]
+
+
+class Ping(msgspec.Struct, frozen=True):
+    """Answered by every actor with Pong: which role, which process, doing what."""
+
+
+class Pong(msgspec.Struct, frozen=True):
+    role: str
+    pid: int
+    address: str
+    doing: str = ""
+
+
+class GetDirectory(msgspec.Struct, frozen=True):
+    """Ask the supervisor for every actor it runs (answered with Directory)."""
+
+
+class Directory(msgspec.Struct, frozen=True):
+    peers: Peers
+    order_actors: list[Any]

@@ -13,6 +13,8 @@ Requests (core NATS request/reply), the project's additions:
 - ``mt5.modify``: ``ModifyRequest`` -> ``RequestResult``
 - ``mt5.order_status``: ``OrderStatusQuery`` -> ``OrderStatusReport``
 - ``mt5.positions``: ``PositionsQuery`` -> ``PositionsReport``
+- ``mt5.deals``: ``DealsQuery`` -> ``DealsReport`` (MT5's history_deals_get): every deal in a
+  time range, so a fill message that never arrived (an SL/TP close included) is still found.
 """
 
 from __future__ import annotations
@@ -23,13 +25,23 @@ from enum import Enum
 
 import msgspec
 
-from messages.enums import DealEntry, DealReason, Filling, Mt5OrderType, Mt5TimeType, Retcode, Side, TradeAction
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    Filling,
+    Mt5OrderType,
+    Mt5TimeType,
+    Retcode,
+    Side,
+    TradeAction,
+)
 from messages.order import OrderStatusMessage
 
 CANCEL_SUBJECT = "mt5.cancel"
 MODIFY_SUBJECT = "mt5.modify"
 ORDER_STATUS_SUBJECT = "mt5.order_status"
 POSITIONS_SUBJECT = "mt5.positions"
+DEALS_SUBJECT = "mt5.deals"
 
 
 class OrderRequest(OrderStatusMessage, frozen=True, kw_only=True):
@@ -63,6 +75,7 @@ class BrokerFill(msgspec.Struct, frozen=True, kw_only=True):
     volume: float
     price: float
     timestamp: datetime
+    # As MT5 reports it: a cost is negative.
     commission: float = 0.0
     swap: float = 0.0
     position: int = 0
@@ -178,3 +191,12 @@ class PositionsReport(msgspec.Struct, frozen=True, kw_only=True):
     equity: float = 0.0
     margin: float = 0.0
     margin_free: float = 0.0
+
+
+class DealsQuery(msgspec.Struct, frozen=True, kw_only=True):
+    since: datetime
+    until: datetime | None = None
+
+
+class DealsReport(msgspec.Struct, frozen=True, kw_only=True):
+    deals: list[BrokerFill]

@@ -13,7 +13,14 @@ from enum import Enum
 
 import msgspec
 
-from messages.enums import DealEntry, DealReason, OrderStatus, OrderType, Side, TimeInForce
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 # Namespaces for the ids derived deterministically, so a replay derives the same ids again.
 ORDER_NAMESPACE = uuid.UUID("6c3f0f6e-8f0b-4c64-a9a6-0e6d2b7a1f01")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.codec import has_lz4

@@ -9,7 +9,6 @@ Streams make the subjects durable: a signal approved while the service is down w
 
 from __future__ import annotations
 
-
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext

@@ -34,7 +34,16 @@ from messages.broker import (
     PositionsReport,
     RequestResult,
 )
-from messages.enums import DealEntry, DealReason, Filling, Mt5OrderType, Mt5TimeType, Retcode, Side, TradeAction
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    Filling,
+    Mt5OrderType,
+    Mt5TimeType,
+    Retcode,
+    Side,
+    TradeAction,
+)
 from simulator.market import Market, Quote, Session, day_end
 
 Event = BrokerFill | BrokerError | BrokerPlaced | BrokerCancelled

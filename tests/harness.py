@@ -22,10 +22,15 @@ from typing import Any, TypeVar
 import msgspec
 import nats
 from aiokafka import AIOKafkaConsumer
-
 from ports import free_port
 
-from messages.actor import GetPositions, PositionsSnapshot, Query, QueryResult, ShowOrder
+from messages.actor import (
+    GetPositions,
+    PositionsSnapshot,
+    Query,
+    QueryResult,
+    ShowOrder,
+)
 from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
 from service.config import Settings, load_settings

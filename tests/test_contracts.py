@@ -26,7 +26,15 @@ from messages.enums import (
     Side,
     TradeAction,
 )
-from messages.order import DeadLetter, EventKind, Fill, Order, OrderEvent, OrderStatusMessage, order_id_for
+from messages.order import (
+    DeadLetter,
+    EventKind,
+    Fill,
+    Order,
+    OrderEvent,
+    OrderStatusMessage,
+    order_id_for,
+)
 from messages.position import Position, PositionAlert, position_id_for
 from messages.signal import SignalRefused, TradingSignal, check_executable
 from messages.symbols import SYMBOLS

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from actors.lifecycle import TERMINAL, TRANSITIONS, IllegalTransition, advance, apply_deal, slippage
+from actors.lifecycle import (
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    advance,
+    apply_deal,
+    slippage,
+)
 from messages.broker import BrokerFill
 from messages.enums import OrderStatus, OrderType, Side
 from messages.order import EventKind, Order, order_id_for

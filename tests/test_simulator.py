@@ -36,7 +36,15 @@ from messages.broker import (
     RequestResult,
 )
 from messages.codec import encode
-from messages.enums import DealEntry, DealReason, Filling, Mt5OrderType, Mt5TimeType, Retcode, Side
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    Filling,
+    Mt5OrderType,
+    Mt5TimeType,
+    Retcode,
+    Side,
+)
 from simulator.client import SimClient, order_request
 from simulator.config import SimConfig
 from simulator.connector import Connector

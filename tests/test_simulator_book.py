@@ -8,14 +8,31 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from messages.broker import BrokerCancelled, BrokerError, BrokerFill, BrokerOrderState, BrokerPlaced, CancelCause, ModifyRequest
-from messages.enums import DealEntry, DealReason, Filling, Mt5OrderType, Mt5TimeType, Retcode, Side, TradeAction
+from messages.broker import (
+    BrokerCancelled,
+    BrokerError,
+    BrokerFill,
+    BrokerOrderState,
+    BrokerPlaced,
+    CancelCause,
+    ModifyRequest,
+)
+from messages.enums import (
+    DealEntry,
+    DealReason,
+    Filling,
+    Mt5OrderType,
+    Mt5TimeType,
+    Retcode,
+    Side,
+    TradeAction,
+)
 from messages.symbols import SYMBOLS
 from simulator.book import Book, BookState, BrokerConfig
+from simulator.client import order_request as order
 from simulator.config import load_config
 from simulator.faults import Envelope, FaultInjector, Faults, Wire
 from simulator.market import Market, Session, read_ticks
-from simulator.client import order_request as order
 
 NOW = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
 T = Mt5OrderType

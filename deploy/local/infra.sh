@@ -53,9 +53,18 @@ pid_of() {
     pid=$(<"$pidfile")
     [[ $pid =~ ^[0-9]+$ ]] || return 0
     case $name in nats) marker=nats-server ;; kafka) marker=kafka.Kafka ;; esac
-    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$marker"; then
+    if alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$marker"; then
         echo "$pid"
     fi
+}
+
+# alive PID: the process exists and is not a zombie (an exited child nobody reaped yet).
+alive() {
+    local stat
+    kill -0 "$1" 2>/dev/null || return 1
+    { stat=$(<"/proc/$1/stat"); } 2>/dev/null || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
 }
 
 stop() {
@@ -68,13 +77,13 @@ stop() {
     kill -TERM "$pid" 2>/dev/null || true
     # Kafka does a controlled shutdown (flushes logs, writes a clean-shutdown marker): give it time.
     for ((i = 0; i < grace * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
+    if alive "$pid"; then
         say "$name (pid $pid) did not stop in ${grace}s, killing it"
         kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+        for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
     fi
     rm -f "$RUN/$name.pid"
     say "$name stopped (pid $pid)"
@@ -125,7 +134,7 @@ nats_up() {
         pid=$(<"$RUN/nats.pid")
     fi
     until nats_ready; do
-        if ! kill -0 "$pid" 2>/dev/null; then
+        if ! alive "$pid"; then
             tail -n 20 "$RUN/nats.log" >&2 || true
             rm -f "$RUN/nats.pid"
             die "nats-server exited (log: $RUN/nats.log)"
@@ -259,8 +268,11 @@ pid, deadline = int(os.environ["KAFKA_PID"]), time.monotonic() + float(os.enviro
 last: BaseException | None = None
 while time.monotonic() < deadline:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            exited = f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        exited = True
+    if exited:
         sys.exit("kafka exited")
     try:
         asyncio.run(asyncio.wait_for(ensure_topic(settings), 15))
