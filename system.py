@@ -8,8 +8,11 @@ left running would keep serving the code it loaded first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,13 +20,15 @@ from typing import Any
 from thespian.actors import ActorSystem
 
 from actors.supervisor import Supervisor
-from messages.actor import Drain, Drained, Start, Started
+from messages.actor import Drain, Drained, Ping, Pong, Start, Started
 from service.config import Settings
 
 log = logging.getLogger("execution-service")
 
 SUPERVISOR_NAME = "execution-supervisor"
 START_TIMEOUT_S = 120
+HEALTH_INTERVAL_S = 1.0
+MISSED_PINGS = 3
 DRAIN_TIMEOUT_S = 60
 
 
@@ -65,6 +70,9 @@ class Service:
     def tell(self, target: Any, message: Any) -> None:
         self.actor_system.tell(target, message)
 
+    def alive(self) -> bool:
+        return isinstance(self.actor_system.ask(self.supervisor, Ping(), HEALTH_INTERVAL_S), Pong)
+
     def stop(self) -> None:
         drained = self.actor_system.ask(self.supervisor, Drain(), DRAIN_TIMEOUT_S)
         if not isinstance(drained, Drained):
@@ -73,19 +81,50 @@ class Service:
 
 
 def connect(settings: Settings) -> tuple[ActorSystem, Any]:
-    """Join the running service's actor system (for the CLI): its system and supervisor."""
-    actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port})
+    """Join the running service's actor system as a client (CLI, tests): its system and the
+    supervisor. A transient system of its own, so a client can reconnect after a restart."""
+    actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, transientUnique=True)
     return actor_system, actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def run(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop."""
+    """Run until SIGTERM or SIGINT, then drain and stop.
+
+    The supervisor is the root of the tree: if it stops answering, whatever is left of the
+    tree is killed and the service starts again from scratch (this process re-executes
+    itself), which is the recovery path of a crash of the whole service.
+    """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     service = Service(settings)
     print(f"execution-service running (admin port {settings.admin_port}, logs in {settings.run_dir}/logs); Ctrl-C stops it", flush=True)
-    stop.wait()
+    missed = 0
+    while not stop.wait(HEALTH_INTERVAL_S):
+        missed = 0 if service.alive() else missed + 1
+        if missed >= MISSED_PINGS and not stop.is_set():
+            log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
+            for pid in descendants(os.getpid()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            os.execv(sys.executable, [sys.executable, *sys.argv])
     print("draining...", flush=True)
     service.stop()
     print("stopped", flush=True)

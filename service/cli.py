@@ -5,6 +5,7 @@ demo       paper trading: the simulated connector, the service, a handful of sig
 show ID    trace one order (order_id or signal_id): its actor, alive or not, live state, history
 cancel ID  cancel an open order
 positions  positions as the position keeper holds them
+ps         every actor of the running service: role, process id, address, what it holds
 sql QUERY  a read-only query, answered by the running service (chdb has one owner)
 migrate    apply the ClickHouse migrations (the service also does this at start)
 """
@@ -19,6 +20,8 @@ from typing import Any
 
 from messages.actor import (
     CancelOrder,
+    Directory,
+    GetDirectory,
     GetHistory,
     GetPeers,
     GetPositions,
@@ -27,6 +30,8 @@ from messages.actor import (
     OrderDirectoryEntry,
     OrderState,
     Peers,
+    Ping,
+    Pong,
     PositionsSnapshot,
     Query,
     QueryResult,
@@ -83,6 +88,12 @@ class Client:
     def ask(self, target: Any, message: Any) -> Any:
         return self.actor_system.ask(target, message, ASK_TIMEOUT_S)
 
+    def processes(self) -> str:
+        directory: Directory = self.ask(self.supervisor, GetDirectory())
+        roles = [self.supervisor, *(getattr(directory.peers, name) for name in directory.peers.__struct_fields__[1:])]
+        pongs = [self.ask(address, Ping()) for address in [*roles, *directory.order_actors] if address is not None]
+        return table(["role", "pid", "address", "doing"], [(p.role, p.pid, p.address, p.doing) for p in pongs if isinstance(p, Pong)])
+
     def trace(self, key: uuid.UUID) -> str:
         entry: OrderDirectoryEntry = self.ask(self.supervisor, ShowOrder(key))
         history: History = self.ask(self.peers.recorder, GetHistory(entry.order_id))
@@ -116,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     cancel.add_argument("id", type=uuid.UUID)
     cancel.add_argument("--reason", default="operator")
     commands.add_parser("positions")
+    commands.add_parser("ps")
     commands.add_parser("sql").add_argument("query")
     commands.add_parser("migrate")
     args = parser.parse_args(argv)
@@ -140,10 +152,13 @@ def main(argv: list[str] | None = None) -> None:
             print(client.trace(args.id))
         elif args.command == "cancel":
             client.actor_system.tell(client.supervisor, CancelOrder(args.id, args.reason))
+            client.ask(client.supervisor, Ping())  # the tell has left this process once this is answered
             print(f"cancel of {args.id} sent; `execution-service show {args.id}` follows it")
         elif args.command == "positions":
             snapshot: PositionsSnapshot = client.ask(client.peers.positions, GetPositions())
             print(positions_table(snapshot.positions))
+        elif args.command == "ps":
+            print(client.processes())
         elif args.command == "sql":
             result: QueryResult = client.ask(client.peers.recorder, Query(args.query))
             if result.error:

@@ -28,6 +28,7 @@ from messages.broker import (
     BrokerPlaced,
     BrokerPosition,
     CancelCause,
+    DealsReport,
     ModifyRequest,
     OrderRequest,
     OrderStatusReport,
@@ -130,6 +131,10 @@ class BookState(msgspec.Struct, kw_only=True):
     balance: float
     orders: list[OrderRecord]
     positions: list[PositionRecord]
+    # Deals with no order of the client behind them (SL/TP closes); the others live in ``orders``.
+    closes: list[BrokerFill] = msgspec.field(default_factory=list)
+    # Order requests refused as unreadable (10013), by the order_id that could be read from them.
+    refused: list[BrokerError] = msgspec.field(default_factory=list)
 
 
 class _Exposure:
@@ -174,6 +179,11 @@ class Book:
         # The orders that can still trade: resting pending orders and RETURN remainders.
         self._working: dict[uuid.UUID, OrderRecord] = {}
         self._positions: dict[int, PositionRecord] = {}
+        # Every deal, in the order it happened (MT5's deal history); ``_closes`` are those of
+        # them no order stands behind.
+        self._deals: list[BrokerFill] = []
+        self._closes: list[BrokerFill] = []
+        self._refused: dict[uuid.UUID, BrokerError] = {}
         self._exposure = {symbol: _Exposure() for symbol in market.specs}
         if state is not None:
             self._restore(state)
@@ -181,7 +191,7 @@ class Book:
     # --- the client's requests -------------------------------------------------------------
 
     def knows(self, order_id: uuid.UUID) -> bool:
-        return order_id in self._orders
+        return order_id in self._orders or order_id in self._refused
 
     def submit(
         self, request: OrderRequest, now: datetime, injected: tuple[int, str] | None = None
@@ -193,6 +203,8 @@ class Book:
         known = self._orders.get(request.order_id)
         if known is not None:
             return known.outcome(), True
+        if (refused := self._refused.get(request.order_id)) is not None:
+            return [refused], True
         record = OrderRecord(request=request)
         self._orders[request.order_id] = record
         try:
@@ -204,6 +216,18 @@ class Book:
             return self._execute(record, now), False
         except Rejected as exc:
             return [self._reject(record, exc, now)], False
+
+    def refuse(self, order_id: uuid.UUID, symbol: str, comment: str, now: datetime) -> tuple[list[Event], bool]:
+        """An order request that could not be read, except for its order_id: rejected 10013 and
+        remembered as that order's outcome. (events, True) for an order_id seen before."""
+        known = self._orders.get(order_id)
+        if known is not None:
+            return known.outcome(), True
+        if (refused := self._refused.get(order_id)) is not None:
+            return [refused], True
+        error = BrokerError(order_id=order_id, symbol=symbol, retcode=Retcode.INVALID, comment=comment, timestamp=now)
+        self._refused[order_id] = error
+        return [error], False
 
     def cancel(self, order_id: uuid.UUID, now: datetime) -> tuple[RequestResult, list[Event]]:
         record = self._orders.get(order_id)
@@ -259,7 +283,13 @@ class Book:
         for order_id in order_ids:
             record = self._orders.get(order_id)
             if record is None:
-                reports.append(BrokerOrderReport(order_id=order_id, state=BrokerOrderState.UNKNOWN))
+                refused = self._refused.get(order_id)
+                if refused is None:
+                    reports.append(BrokerOrderReport(order_id=order_id, state=BrokerOrderState.UNKNOWN))
+                else:
+                    reports.append(
+                        BrokerOrderReport(order_id=order_id, state=BrokerOrderState.REJECTED, retcode=refused.retcode, comment=refused.comment)
+                    )
                 continue
             reports.append(
                 BrokerOrderReport(
@@ -274,6 +304,11 @@ class Book:
                 )
             )
         return OrderStatusReport(orders=reports)
+
+    def deals(self, since: datetime, until: datetime) -> DealsReport:
+        """Every deal timed in [since, until], in the order they happened (MT5's history_deals_get):
+        our orders' deals in and out, and the SL/TP closes no order stands behind."""
+        return DealsReport(deals=[deal for deal in self._deals if since <= deal.timestamp <= until])
 
     def positions_report(self, symbol: str | None = None) -> PositionsReport:
         positions = []
@@ -337,6 +372,8 @@ class Book:
             balance=self.balance,
             orders=list(self._orders.values()),
             positions=list(self._positions.values()),
+            closes=list(self._closes),
+            refused=list(self._refused.values()),
         )
 
     def _restore(self, state: BookState) -> None:
@@ -346,6 +383,9 @@ class Book:
         for position in state.positions:
             self._positions[position.ticket] = position
             self._exposure[position.symbol].add(position.side, position.volume, position.price_open)
+        self._closes = list(state.closes)
+        self._deals = sorted([*(d for r in state.orders for d in r.deals), *self._closes], key=lambda deal: deal.deal)
+        self._refused = {error.order_id: error for error in state.refused}
 
     # --- validation ------------------------------------------------------------------------
 
@@ -514,19 +554,19 @@ class Book:
                 reason = DealReason.TP
             else:
                 continue
-            events.append(
-                self._deal(
-                    order_id=None,
-                    ticket=self._new_ticket(),
-                    symbol=symbol,
-                    side=position.side.opposite,
-                    lots=position.volume,
-                    price=price,
-                    now=now,
-                    reason=reason,
-                    position=position,
-                )
+            close = self._deal(
+                order_id=None,
+                ticket=self._new_ticket(),
+                symbol=symbol,
+                side=position.side.opposite,
+                lots=position.volume,
+                price=price,
+                now=now,
+                reason=reason,
+                position=position,
             )
+            self._closes.append(close)
+            events.append(close)
         return events
 
     def _deal(
@@ -557,7 +597,7 @@ class Book:
                 del self._positions[position.ticket]
             entry = DealEntry.OUT
         self.balance = round(self.balance + commission, 2)
-        return BrokerFill(
+        fill = BrokerFill(
             order_id=order_id,
             ticket=ticket,
             deal=self._new_deal(),
@@ -571,6 +611,8 @@ class Book:
             entry=entry,
             reason=reason,
         )
+        self._deals.append(fill)
+        return fill
 
     def _enter(
         self,

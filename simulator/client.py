@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 
 from messages.broker import (
     CANCEL_SUBJECT,
+    DEALS_SUBJECT,
     MODIFY_SUBJECT,
     ORDER_STATUS_SUBJECT,
     POSITIONS_SUBJECT,
@@ -26,6 +27,8 @@ from messages.broker import (
     BrokerOrderReport,
     BrokerPlaced,
     CancelRequest,
+    DealsQuery,
+    DealsReport,
     ModifyRequest,
     OrderRequest,
     OrderStatusQuery,
@@ -134,6 +137,10 @@ class SimClient:
 
     async def positions(self, symbol: str | None = None) -> PositionsReport:
         return await self.ask(POSITIONS_SUBJECT, PositionsQuery(symbol=symbol), PositionsReport)
+
+    async def deals(self, since: datetime, until: datetime | None = None) -> list[BrokerFill]:
+        report = await self.ask(DEALS_SUBJECT, DealsQuery(since=since, until=until), DealsReport)
+        return report.deals
 
     async def cancel(self, order_id: uuid.UUID) -> RequestResult:
         return await self.ask(CANCEL_SUBJECT, CancelRequest(order_id=order_id), RequestResult)

@@ -4,8 +4,8 @@
   order is acked only after the broker events it caused are stored by JetStream;
 - publishes ``broker.{fill,error,placed,cancelled}.{symbol}`` with JetStream (Nats-Msg-Id
   per event, so its own republish is deduplicated);
-- answers ``mt5.cancel``, ``mt5.modify``, ``mt5.order_status``, ``mt5.positions`` and its own
-  ``sim.control``;
+- answers ``mt5.cancel``, ``mt5.modify``, ``mt5.order_status``, ``mt5.positions``,
+  ``mt5.deals`` and its own ``sim.control``;
 - moves the market on a timer (random walk or CSV replay) and runs expiries.
 
 One asyncio task touches the book at a time (callbacks and loops never await in the middle
@@ -18,9 +18,11 @@ import asyncio
 import itertools
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import msgspec
 import nats
@@ -31,6 +33,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from messages.broker import (
     CANCEL_SUBJECT,
+    DEALS_SUBJECT,
     MODIFY_SUBJECT,
     ORDER_STATUS_SUBJECT,
     POSITIONS_SUBJECT,
@@ -40,10 +43,14 @@ from messages.broker import (
     BrokerPlaced,
     CancelCause,
     CancelRequest,
+    DealsQuery,
+    DealsReport,
     ModifyRequest,
     OrderRequest,
     OrderStatusQuery,
+    OrderStatusReport,
     PositionsQuery,
+    PositionsReport,
     RequestResult,
 )
 from messages.codec import ContractError, decode, encode
@@ -69,11 +76,45 @@ PUBLISH_TIMEOUT_S = 5.0
 HOUSEKEEPING_S = 0.05
 
 
-class _OrderId(msgspec.Struct):
-    """What can be salvaged from a malformed order request to tell the service about it."""
+# A symbol that can stand as a subject token; anything else is published under INVALID_TOKEN.
+SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+INVALID_TOKEN = "_invalid"
 
-    order_id: uuid.UUID
-    symbol: str = ""
+
+def salvage(data: bytes) -> tuple[uuid.UUID | None, str]:
+    """The order_id and symbol of a request that breaks the contract, as far as they can be read."""
+    try:
+        body = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None, ""
+    if not isinstance(body, dict) or not isinstance(body.get("order_id"), str):
+        return None, ""
+    try:
+        order_id = uuid.UUID(body["order_id"])
+    except ValueError:
+        return None, ""
+    symbol = body.get("symbol")
+    return order_id, symbol if isinstance(symbol, str) else ""
+
+
+# What a request the simulator could not answer gets back: the reply type its asker decodes.
+Refusal = Callable[[uuid.UUID | None, int, str], msgspec.Struct]
+
+
+def _result(order_id: uuid.UUID | None, retcode: int, comment: str) -> RequestResult:
+    return RequestResult(order_id=order_id or NIL, retcode=retcode, comment=comment)
+
+
+def _no_orders(order_id: uuid.UUID | None, retcode: int, comment: str) -> OrderStatusReport:
+    return OrderStatusReport(orders=[])
+
+
+def _no_positions(order_id: uuid.UUID | None, retcode: int, comment: str) -> PositionsReport:
+    return PositionsReport(positions=[])
+
+
+def _no_deals(order_id: uuid.UUID | None, retcode: int, comment: str) -> DealsReport:
+    return DealsReport(deals=[])
 
 
 class Connector:
@@ -161,13 +202,14 @@ class Connector:
         self._js = js = nc.jetstream()
         orders_stream = await self._ensure_stream("ORDERS", "orders.>")
         await self._ensure_stream("BROKER", "broker.>")
-        for subject, handler in (
-            (CANCEL_SUBJECT, self._cancel),
-            (MODIFY_SUBJECT, self._modify),
-            (ORDER_STATUS_SUBJECT, self._order_status),
-            (POSITIONS_SUBJECT, self._positions),
+        for subject, handler, refusal in (
+            (CANCEL_SUBJECT, self._cancel, _result),
+            (MODIFY_SUBJECT, self._modify, _result),
+            (ORDER_STATUS_SUBJECT, self._order_status, _no_orders),
+            (POSITIONS_SUBJECT, self._positions, _no_positions),
+            (DEALS_SUBJECT, self._deals, _no_deals),
         ):
-            await nc.subscribe(subject, cb=self._answering(handler))
+            await nc.subscribe(subject, cb=self._answering(handler, refusal))
         await nc.subscribe(self.config.control_subject, cb=self._on_control)
         self._orders_sub = await js.subscribe(
             ORDERS_FILTER,
@@ -265,15 +307,15 @@ class Connector:
         return events
 
     async def _refuse_malformed(self, data: bytes, exc: ContractError) -> None:
-        log.warning("invalid order request (10013): %s", exc)
-        try:
-            salvaged = msgspec.json.decode(data, type=_OrderId)
-        except msgspec.MsgspecError:
+        """10013 on broker.error, and in mt5.order_status, if an order_id can be read; else a log line."""
+        order_id, symbol = salvage(data)
+        log.warning("invalid order request %s (10013): %s", order_id or "without a readable order_id", exc)
+        if order_id is None:
             return
-        comment = f"Invalid request: {exc.detail}"
-        await self._emit(
-            [BrokerError(order_id=salvaged.order_id, symbol=salvaged.symbol, retcode=Retcode.INVALID, comment=comment, timestamp=self.clock.now())]
-        )
+        events, duplicate = self.book.refuse(order_id, symbol, f"Invalid request: {exc.detail}", self.clock.now())
+        if duplicate:
+            log.info("duplicate %s: not taken again, re-publishing its outcome", order_id)
+        await self._emit(events)
 
     async def _settle(self) -> None:
         """Wait for JetStream to store what was published, then ack the orders behind it."""
@@ -340,7 +382,10 @@ class Connector:
 
     # --- requests ------------------------------------------------------------------------
 
-    def _answering(self, handler: Callable[[bytes], Awaitable[msgspec.Struct]]) -> Callable[[Msg], Awaitable[None]]:
+    def _answering(self, handler: Callable[[bytes], Awaitable[msgspec.Struct]], refusal: Refusal) -> Callable[[Msg], Awaitable[None]]:
+        """A request handler: a request it cannot take gets ``refusal``'s reply (a RequestResult,
+        or an empty report of the type the asker expects) and a log line with the retcode."""
+
         async def answer(msg: Msg) -> None:
             if self.faults.silent():
                 log.warning("fault: silent, not answering %s", msg.subject)
@@ -349,10 +394,10 @@ class Connector:
                 reply = await handler(msg.data)
             except ContractError as exc:
                 log.warning("invalid request on %s (10013): %s", msg.subject, exc)
-                reply = RequestResult(order_id=NIL, retcode=Retcode.INVALID, comment=f"Invalid request: {exc.detail}")
+                reply = refusal(salvage(msg.data)[0], Retcode.INVALID, f"Invalid request: {exc.detail}")
             except Exception:
-                log.exception("request on %s failed", msg.subject)
-                reply = RequestResult(order_id=NIL, retcode=Retcode.ERROR, comment="Internal error of the simulator")
+                log.exception("request on %s failed (10011)", msg.subject)
+                reply = refusal(salvage(msg.data)[0], Retcode.ERROR, "Internal error of the simulator")
             if msg.reply:
                 await msg.respond(encode(reply))
 
@@ -377,6 +422,11 @@ class Connector:
 
     async def _positions(self, data: bytes) -> msgspec.Struct:
         return self.book.positions_report(decode(data, PositionsQuery).symbol)
+
+    async def _deals(self, data: bytes) -> msgspec.Struct:
+        query = decode(data, DealsQuery)
+        until = self.clock.now() if query.until is None else _utc(query.until)
+        return self.book.deals(_utc(query.since), until)
 
     # --- control -------------------------------------------------------------------------
 
@@ -493,9 +543,17 @@ class Connector:
         self._saved_at = time.monotonic()
 
 
+def _utc(moment: datetime) -> datetime:
+    """A time without a zone is taken as UTC, as MT5's server times are."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def envelope_of(event: Event) -> Envelope:
     """Subject, Nats-Msg-Id and log line of a broker event."""
     payload = encode(event)
+    # A symbol that cannot be a subject token (only in a request the broker rejects) must not
+    # make the publish fail forever.
+    token = event.symbol if SUBJECT_TOKEN.fullmatch(event.symbol) else INVALID_TOKEN
     match event:
         case BrokerFill():
             if event.reason is DealReason.CLIENT:
@@ -508,15 +566,15 @@ def envelope_of(event: Event) -> Envelope:
                     f"{event.reason.value} close of position {event.position} {event.symbol} {event.side.value} "
                     f"{event.volume} @ {event.price} deal {event.deal}"
                 )
-            return Envelope(f"broker.fill.{event.symbol}", f"fill-{event.deal}", payload, label)
+            return Envelope(f"broker.fill.{token}", f"fill-{event.deal}", payload, label)
         case BrokerError():
             label = f"rejected {event.order_id} {event.symbol} retcode {event.retcode} {event.comment}"
-            return Envelope(f"broker.error.{event.symbol}", f"error-{event.order_id}", payload, label)
+            return Envelope(f"broker.error.{token}", f"error-{event.order_id}", payload, label)
         case BrokerPlaced():
             label = f"placed {event.order_id} {event.symbol} ticket {event.ticket}"
-            return Envelope(f"broker.placed.{event.symbol}", f"placed-{event.order_id}", payload, label)
+            return Envelope(f"broker.placed.{token}", f"placed-{event.order_id}", payload, label)
         case BrokerCancelled():
             verb = "expired" if event.cause is CancelCause.EXPIRED else f"cancelled ({event.cause.value})"
             label = f"{verb} {event.order_id} {event.symbol} ticket {event.ticket} remaining {event.remaining}"
-            return Envelope(f"broker.cancelled.{event.symbol}", f"cancelled-{event.order_id}", payload, label)
+            return Envelope(f"broker.cancelled.{token}", f"cancelled-{event.order_id}", payload, label)
     raise TypeError(f"not a broker event: {event!r}")

@@ -8,7 +8,10 @@ empty), its own Thespian admin port, its own chdb directory and its own Kafka to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from signal import SIGKILL, SIGTERM
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +28,10 @@ from aiokafka import AIOKafkaConsumer
 from ports import free_port
 
 from messages.actor import (
+    GetPeers,
     GetPositions,
+    Peers,
+    Ping,
     PositionsSnapshot,
     Query,
     QueryResult,
@@ -35,7 +41,7 @@ from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
 from service.config import Settings, load_settings
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
-from system import Service
+from system import connect
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "deploy/local/infra.sh"
@@ -138,6 +144,9 @@ def signal(symbol: str = "EURUSD", signal_type: str = "buy", volume: float = 0.1
 
 
 class RunningSystem:
+    """The service as production runs it (``python -m service.cli run``, its own process group),
+    beside the simulated connector; the test talks to it as a client of its actor system."""
+
     def __init__(self, tmp: Path, kafka_bootstrap: str, sim_env: dict[str, str] | None = None, **overrides: Any) -> None:
         self.tmp = tmp
         self.nats = NatsServer(tmp / "nats-run")
@@ -150,13 +159,18 @@ class RunningSystem:
             archive_topic=f"archive_{uuid.uuid4().hex[:8]}",
             **overrides,
         )
-        Path(self.settings.run_dir, "logs").mkdir(parents=True, exist_ok=True)
+        self.logs = Path(self.settings.run_dir, "logs")
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.probe = NatsProbe(self.nats.url, ["orders.>", "signals.deadletter", "positions.alert"])
         self.sim_env = sim_env or {}
         self.sim: subprocess.Popen[bytes] | None = None
-        self.start_simulator()
-        self.service: Service | None = None
-        self.start_service()
+        self.launcher: subprocess.Popen[bytes] | None = None
+        try:
+            self.start_simulator()
+            self.start_service()
+        except BaseException:
+            self.close()
+            raise
 
     # --- processes ------------------------------------------------------------------------------
 
@@ -169,7 +183,7 @@ class RunningSystem:
             "SIM_STATE_FILE": str(self.tmp / "sim-state.json"),
             **self.sim_env,
         }
-        log = open(Path(self.settings.run_dir, "logs", "simulator.log"), "ab")
+        log = open(self.logs / "simulator.log", "ab")
         self.sim = subprocess.Popen([sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_until(self._simulator_answers, 20, 0.1, "the simulator to answer")
 
@@ -187,12 +201,49 @@ class RunningSystem:
             self.sim = None
 
     def start_service(self) -> None:
-        self.service = Service(self.settings)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EXEC_")}
+        env |= {f"EXEC_{name.upper()}": str(value) for name, value in msgspec.structs.asdict(self.settings).items()}
+        out = open(self.logs / "launcher.log", "ab")
+        self.launcher = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+        self.connect()
+
+    def connect(self, timeout_s: float = 60.0) -> None:
+        """(Re)join the service's actor system once its supervisor answers."""
+
+        def joined() -> bool:
+            if self.launcher is not None and self.launcher.poll() is not None:
+                raise AssertionError(f"the service exited with {self.launcher.returncode}; see {self.logs}/launcher.log")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.settings.admin_port)) != 0:
+                    return False
+            actor_system, supervisor = connect(self.settings)
+            peers = actor_system.ask(supervisor, GetPeers(), 2)
+            if not isinstance(peers, Peers) or peers.ingress is None:
+                return False  # (never shutdown() a client: that would stop the service)
+            self.actor_system, self.supervisor, self.peers = actor_system, supervisor, peers
+            return True
+
+        wait_until(joined, timeout_s, 0.2, "the service to start")
 
     def stop_service(self) -> None:
-        if self.service is not None:
-            self.service.stop()
-            self.service = None
+        if self.launcher is not None:
+            self.launcher.send_signal(SIGTERM)
+            try:
+                self.launcher.wait(90)
+            finally:
+                # Whatever did not stop with it (a failed start, a hung drain) goes too.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.launcher.pid, SIGKILL)
+                self.launcher = None
+
+    def kill_service(self) -> None:
+        """SIGKILL to the whole process tree of the service, as a power cut would."""
+        assert self.launcher is not None
+        os.killpg(self.launcher.pid, SIGKILL)
+        self.launcher.wait(10)
+        self.launcher = None
 
     def close(self) -> None:
         try:
@@ -201,6 +252,16 @@ class RunningSystem:
             self.stop_simulator()
             self.probe.close()
             self.nats.stop()
+            self._kill_strays()
+
+    def _kill_strays(self) -> None:
+        """Any process still running with this system's run dir (a daemonised Thespian admin
+        left behind by a failed test, say) is killed, so the next test starts clean."""
+        marker = f"EXEC_RUN_DIR={self.settings.run_dir}".encode()
+        for environ in Path("/proc").glob("[0-9]*/environ"):
+            with contextlib.suppress(OSError):
+                if marker in environ.read_bytes().split(b"\0"):
+                    os.kill(int(environ.parent.name), SIGKILL)
 
     # --- driving ------------------------------------------------------------------------------
 
@@ -219,8 +280,13 @@ class RunningSystem:
     # --- looking ------------------------------------------------------------------------------
 
     def ask(self, role: str, message: Any, timeout_s: float = 10.0) -> Any:
-        assert self.service is not None
-        return self.service.ask(getattr(self.service.peers, role), message, timeout_s)
+        return self.actor_system.ask(getattr(self.peers, role), message, timeout_s)
+
+    def tell(self, role: str, message: Any) -> None:
+        """Send without an answer; the ping after it makes sure it has left this process."""
+        target = getattr(self.peers, role)
+        self.actor_system.tell(target, message)
+        self.actor_system.ask(target, Ping(), 10)
 
     def query(self, sql: str, **parameters: Any) -> list[tuple[Any, ...]]:
         result: QueryResult = self.ask("recorder", Query(sql, parameters))
@@ -228,7 +294,6 @@ class RunningSystem:
         return result.rows
 
     def order_row(self, order_id: uuid.UUID) -> dict[str, Any] | None:
-        assert self.service is not None
         result: QueryResult = self.ask("recorder", Query("SELECT * FROM suho_analytics.orders FINAL WHERE order_id = {id:UUID}", {"id": order_id}))
         return dict(zip(result.columns, result.rows[0], strict=True)) if result.rows else None
 

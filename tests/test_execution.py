@@ -209,8 +209,7 @@ def test_an_operator_cancels_a_resting_order(system: RunningSystem) -> None:
     order_id = system.send(signal("EURJPY", "buy", 0.1, 160.0, order_type="limit", limit_price=160.0))
     assert order_id is not None
     wait_until(lambda: (e := system.show(order_id)) and e.order is not None and not e.active, what="resting")
-    assert system.service is not None
-    system.service.tell(system.service.supervisor, CancelOrder(order_id, "operator"))
+    system.tell("supervisor", CancelOrder(order_id, "operator"))
     row = system.wait_status(order_id, "cancelled")
     assert row["cancelled_at"] is not None and row["filled_quantity"] == 0
     assert wait_until(lambda: archived_kinds(system, order_id)[-2:] == ["cancel_requested", "cancelled"], what="archive")
@@ -276,8 +275,7 @@ def test_reconciliation_reports_a_discrepancy_planted_at_the_broker(system: Runn
     system.wait_status(order_id, "filled")
     ticket = next(p.ticket for p in system.positions().positions if p.entry_order_id == order_id)
     assert system.control(adjust_position=AdjustPosition(ticket=ticket, volume=0.1)).adjusted
-    assert system.service is not None
-    system.service.tell(system.service.peers.positions, QueryPositions())
+    system.tell("positions", QueryPositions())
     alerts = wait_until(
         lambda: [a for a in (msgspec.json.decode(d) for _, d in system.probe.seen["positions.alert"]) if a["ticket"] == ticket],
         what="an alert",

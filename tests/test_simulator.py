@@ -24,6 +24,7 @@ import pytest
 
 from messages.broker import (
     CANCEL_SUBJECT,
+    DEALS_SUBJECT,
     MODIFY_SUBJECT,
     ORDER_STATUS_SUBJECT,
     POSITIONS_SUBJECT,
@@ -33,6 +34,9 @@ from messages.broker import (
     BrokerOrderState,
     BrokerPlaced,
     CancelCause,
+    DealsReport,
+    OrderStatusReport,
+    PositionsReport,
     RequestResult,
 )
 from messages.codec import encode
@@ -47,7 +51,7 @@ from messages.enums import (
 )
 from simulator.client import SimClient, order_request
 from simulator.config import SimConfig
-from simulator.connector import Connector
+from simulator.connector import NIL, Connector
 from simulator.control import AdjustPosition
 from simulator.faults import Faults
 from simulator.local_nats import LocalNats
@@ -89,6 +93,14 @@ def fills(client: SimClient, order_id: uuid.UUID | None = None) -> list[BrokerFi
 
 def msg_ids(client: SimClient) -> list[str]:
     return [headers.get("Nats-Msg-Id", "") for _, headers, _ in client.news]
+
+
+async def executed(client: SimClient, order_id: uuid.UUID, timeout: float = 3.0) -> None:
+    """Until the broker has taken the order (for when the wire drops the news)."""
+    deadline = time.monotonic() + timeout
+    while (await client.order_status(order_id))[0].state is BrokerOrderState.UNKNOWN:
+        assert time.monotonic() < deadline, f"{order_id} not executed within {timeout} s"
+        await asyncio.sleep(0.01)
 
 
 # --- orders on the wire ------------------------------------------------------------------------
@@ -251,6 +263,18 @@ def test_every_rejection_reaches_broker_error_with_its_mt5_retcode(nats_url):
             await client.js.publish("orders.submitted.EURUSD", b"not json at all")
             await client.until(lambda: client.of(BrokerError, broken))
             assert client.of(BrokerError, broken)[0].retcode == Retcode.INVALID
+            # ... and it stays that order's outcome: rejected in order_status, never executed.
+            [report] = await client.order_status(broken)
+            assert (report.state, report.retcode) == (BrokerOrderState.REJECTED, Retcode.INVALID) and "volume" in report.comment
+            await client.submit(order_request(T.BUY, 0.1, order_id=broken), msg_id="readable-now")
+            # A symbol that cannot be a subject token is published under broker.error._invalid.
+            odd = uuid.uuid4()
+            await client.js.publish("orders.submitted.EURUSD", encode({"order_id": str(odd), "symbol": "EUR USD.*", "volume": "x"}))
+            await client.until(lambda: client.of(BrokerError, odd))
+            assert [s for s, _, n in client.news if getattr(n, "order_id", None) == odd] == ["broker.error._invalid"]
+            assert client.of(BrokerError, odd)[0].symbol == "EUR USD.*"
+            assert (await client.order_status(broken))[0].state is BrokerOrderState.REJECTED
+            assert fills(client, broken) == [] and len(client.of(BrokerError, broken)) == 1
 
             # Requote / price off at a configured rate; errors with a chosen retcode.
             for switches, retcode in ((dict(price_off_rate=1.0), Retcode.PRICE_OFF), (dict(requote_rate=1.0), Retcode.REQUOTE)):
@@ -302,7 +326,7 @@ def test_the_same_order_id_submitted_twice_is_one_order_with_one_outcome(nats_ur
     asyncio.run(scenario())
 
 
-def test_cancel_modify_status_and_positions_requests(nats_url):
+def test_cancel_modify_status_and_positions_requests(nats_url, caplog):
     async def scenario() -> None:
         async with running(nats_url) as client:
             limit = order_request(T.BUY_LIMIT, 1.0, price=1.09900, type_time=Mt5TimeType.DAY)
@@ -340,11 +364,23 @@ def test_cancel_modify_status_and_positions_requests(nats_url):
             assert report.equity == pytest.approx(report.balance + sum(p.profit for p in report.positions), abs=0.01)
             assert report.balance == 100_000 - 7.0
 
-            for subject in (CANCEL_SUBJECT, MODIFY_SUBJECT, ORDER_STATUS_SUBJECT, POSITIONS_SUBJECT):
+            # A request that breaks the contract: cancel/modify get a 10013 RequestResult (with the
+            # order_id if it can be read), the queries an empty report of their own type.
+            for subject in (CANCEL_SUBJECT, MODIFY_SUBJECT):
                 reply = await client.ask(subject, b"{not json", RequestResult)
-                assert reply.retcode == Retcode.INVALID, subject
+                assert (reply.order_id, reply.retcode) == (NIL, Retcode.INVALID), subject
             reply = await client.ask(CANCEL_SUBJECT, encode({"order_id": 5}), RequestResult)
             assert reply.retcode == Retcode.INVALID and "order_id" in reply.comment
+            reply = await client.ask(MODIFY_SUBJECT, encode({"order_id": str(limit.order_id), "price": "x"}), RequestResult)
+            assert (reply.order_id, reply.retcode) == (limit.order_id, Retcode.INVALID) and "price" in reply.comment
+            queries = ((ORDER_STATUS_SUBJECT, OrderStatusReport(orders=[])), (POSITIONS_SUBJECT, PositionsReport(positions=[])), (DEALS_SUBJECT, DealsReport(deals=[])))
+            caplog.clear()
+            for subject, empty in queries:
+                for bad in (b"{not json", encode({"order_ids": 5, "symbol": 7, "since": "yesterday"})):
+                    assert await client.ask(subject, bad, type(empty)) == empty, (subject, bad)
+            assert [r.getMessage().split(":")[0] for r in caplog.records if "invalid request" in r.getMessage()] == [
+                f"invalid request on {subject} (10013)" for subject, _ in queries for _ in range(2)
+            ]
 
     asyncio.run(scenario())
 
@@ -389,6 +425,50 @@ def test_dropped_fills_are_missing_on_the_wire_but_present_in_order_status(nats_
             await client.until(lambda: fills(client))
             # The stream is ordered: had the first fill been published, it would come first.
             assert [f.order_id for f in fills(client)] == [seen.order_id]
+
+    asyncio.run(scenario())
+
+
+def test_deals_query_finds_dropped_fills_sl_tp_closes_included_in_a_time_range(nats_url, tmp_path):
+    state_file = str(tmp_path / "sim-state.json")
+    hour = timedelta(hours=1)
+
+    async def scenario() -> None:
+        async with running(nats_url, faults=Faults(drop_rate=1.0), state_file=state_file) as client:
+            start = (await client.control()).now
+            opening = order_request(T.BUY, 1.0, tp=1.10500)
+            await client.submit(opening)
+            await executed(client, opening.order_id)
+            await client.control(advance_s=3600)
+            await client.set_quote("EURUSD", 1.10500, 1.10510)  # the TP closes the position
+            await client.control(advance_s=3600)
+            selling = order_request(T.SELL, 0.5)
+            await client.submit(selling)
+            await asyncio.sleep(0.2)
+            assert fills(client) == []  # every deal was dropped on the wire
+
+            everything = await client.deals(start)
+            assert [(d.order_id, d.reason, d.entry, d.side) for d in everything] == [
+                (opening.order_id, DealReason.CLIENT, DealEntry.IN, Side.BUY),
+                (None, DealReason.TP, DealEntry.OUT, Side.SELL),
+                (selling.order_id, DealReason.CLIENT, DealEntry.IN, Side.SELL),
+            ]
+            bought, closed, sold = everything
+            assert (closed.price, closed.position, closed.volume) == (1.10500, bought.position, 1.0)
+            assert [d.deal for d in everything] == sorted(d.deal for d in everything)
+            [opened_report, sold_report] = await client.order_status(opening.order_id, selling.order_id)
+            assert opened_report.deals == [bought] and sold_report.deals == [sold]
+            # The range: [since, until], until defaulting to now; a time without a zone is UTC.
+            assert await client.deals(start, start + hour / 2) == [bought]
+            assert await client.deals(start + hour / 2, start + hour * 3 / 2) == [closed]
+            assert await client.deals(closed.timestamp, closed.timestamp) == [closed]
+            assert await client.deals(start + hour / 2) == [closed, sold]
+            assert await client.deals(sold.timestamp + timedelta(seconds=1)) == []
+            assert await client.deals(start + hour, start) == []
+            assert await client.deals(start.replace(tzinfo=None)) == everything
+        # Kept in the state file: a restarted broker still finds them, the TP close included.
+        async with running(nats_url, state_file=state_file) as client:
+            assert await client.deals(start) == everything
 
     asyncio.run(scenario())
 
@@ -444,6 +524,8 @@ def test_silence_trades_but_neither_publishes_nor_answers_until_it_ends(nats_url
             await client.submit(request)
             with pytest.raises(Exception):  # noqa: B017 - nats-py raises its own timeout type
                 await client.order_status(request.order_id, timeout=0.2)
+            with pytest.raises(Exception):  # noqa: B017
+                await client.ask(DEALS_SUBJECT, encode({"since": "2025-01-01T00:00:00Z"}), DealsReport, timeout=0.2)
             await asyncio.sleep(0.6)
             [report] = await client.order_status(request.order_id)
             assert report.state is BrokerOrderState.FILLED and len(report.deals) == 1

@@ -389,6 +389,55 @@ def test_the_book_survives_a_snapshot_round_trip_and_keeps_numbering():
     assert fill.order_id == pending.order_id and fill.deal == 1001 and fill.ticket == 1001
 
 
+def test_the_deal_history_holds_every_deal_in_a_time_range_and_survives_a_snapshot():
+    book = make_book()
+    later = NOW + timedelta(hours=1)
+    opening = order(T.BUY, 1.0, tp=1.10500)
+    [bought] = fills(book.submit(opening, NOW)[0])
+    [closed] = fills(move(book, 1.10500, 1.10510, now=later))  # the TP: no order behind it
+    [sold] = fills(book.submit(order(T.SELL, 0.5), later + timedelta(hours=1))[0])
+    assert (closed.order_id, closed.reason, closed.entry) == (None, DealReason.TP, DealEntry.OUT)
+    everything = NOW + timedelta(days=1)
+    assert book.deals(NOW, everything).deals == [bought, closed, sold]
+    assert book.deals(NOW, NOW).deals == [bought]  # both ends included
+    assert book.deals(NOW + timedelta(seconds=1), later).deals == [closed]
+    assert book.deals(later + timedelta(seconds=1), everything).deals == [sold]
+    assert book.deals(everything, everything + timedelta(days=1)).deals == []
+    state = msgspec.json.decode(msgspec.json.encode(book.snapshot()), type=BookState)
+    assert state.closes == [closed]  # the order's deals are kept with the order
+    assert Book(book.market, book.config, state=state).deals(NOW, everything) == book.deals(NOW, everything)
+
+
+def test_an_unreadable_order_request_is_remembered_as_rejected_under_its_order_id():
+    book = make_book()
+    request = order(T.BUY, 0.1)
+    [error], duplicate = book.refuse(request.order_id, "EURUSD", "Invalid request: volume", NOW)
+    assert not duplicate and (error.order_id, error.retcode, error.symbol) == (request.order_id, Retcode.INVALID, "EURUSD")
+    [report] = book.order_status([request.order_id]).orders
+    assert (report.state, report.retcode, report.comment) == (BrokerOrderState.REJECTED, Retcode.INVALID, "Invalid request: volume")
+    assert book.knows(request.order_id)
+    # The same order_id again, readable or not, is the same order: its first outcome, no deal.
+    assert book.submit(request, NOW) == ([error], True)
+    assert book.refuse(request.order_id, "EURUSD", "other", NOW) == ([error], True)
+    assert book.positions_report().positions == []
+    filled = order(T.BUY, 0.1)
+    first, _ = book.submit(filled, NOW)
+    assert book.refuse(filled.order_id, "EURUSD", "Invalid request", NOW) == (first, True)
+    state = msgspec.json.decode(msgspec.json.encode(book.snapshot()), type=BookState)
+    assert Book(book.market, book.config, state=state).order_status([request.order_id]).orders == [report]
+
+
+def test_a_state_file_written_before_deal_history_and_refusals_still_loads():
+    book = make_book()
+    request = order(T.BUY, 0.1)
+    book.submit(request, NOW)
+    old = msgspec.json.decode(msgspec.json.encode(book.snapshot()))
+    del old["closes"], old["refused"]
+    state = msgspec.json.decode(msgspec.json.encode(old), type=BookState)
+    restored = Book(book.market, book.config, state=state)
+    assert restored.deals(NOW, NOW).deals == book.order_status([request.order_id]).orders[0].deals
+
+
 def test_adjust_position_plants_a_silent_discrepancy():
     book = make_book()
     book.submit(order(T.BUY, 1.0), NOW)
