@@ -62,6 +62,8 @@ class Service:
             self.actor_system.shutdown()
             raise RuntimeError(f"the service did not start within {START_TIMEOUT_S}s (got {started!r})")
         self.peers = started.peers
+        pong = self.actor_system.ask(self.supervisor, Ping(), START_TIMEOUT_S)
+        self.session = os.getsid(pong.pid)
         log.info("service up on admin port %d; %d open orders recovered", settings.admin_port, started.open_orders)
 
     def ask(self, target: Any, message: Any, timeout_s: float = 10.0) -> Any:
@@ -87,21 +89,22 @@ def connect(settings: Settings) -> tuple[ActorSystem, Any]:
     return actor_system, actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc."""
-    children: dict[int, list[int]] = {}
+def session_members(session: int) -> list[int]:
+    """Every process of a session, from /proc."""
+    members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == session:
+                members.append(int(stat.parent.name))
+    return members
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of the actor system: the Thespian admin daemonises into a
+    session of its own, and every actor process is forked inside it."""
+    for pid in session_members(session):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run(settings: Settings) -> None:
@@ -121,9 +124,7 @@ def run(settings: Settings) -> None:
         missed = 0 if service.alive() else missed + 1
         if missed >= MISSED_PINGS and not stop.is_set():
             log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
-            for pid in descendants(os.getpid()):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            kill_session(service.session)
             os.execv(sys.executable, [sys.executable, *sys.argv])
     print("draining...", flush=True)
     service.stop()

@@ -168,9 +168,15 @@ class BrokerGateway(LoopActor):
 
     def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
         async def query() -> None:
-            reply = await self._request(wire.POSITIONS_SUBJECT, wire.PositionsQuery())
-            if reply is not None:
-                self.deliver(sender, PositionsReply(decode(reply, wire.PositionsReport)))
+            positions = await self._request(wire.POSITIONS_SUBJECT, wire.PositionsQuery())
+            deals: list[wire.BrokerFill] = []
+            if message.deals_since is not None:
+                reply = await self._request(wire.DEALS_SUBJECT, wire.DealsQuery(since=message.deals_since))
+                if reply is None:
+                    return
+                deals = decode(reply, wire.DealsReport).deals
+            if positions is not None:
+                self.deliver(sender, PositionsReply(decode(positions, wire.PositionsReport), deals))
 
         self.spawn(query())
 

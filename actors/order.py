@@ -207,6 +207,9 @@ class OrderActor(RoleActor):
                 case wire.BrokerError():
                     reason = f"{news.retcode} {news.comment}"
                     self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
+                case wire.BrokerCancelled() if news.remaining < self.order.remaining - 1e-9:
+                    # The broker filled more than we have heard of: fetch those deals first.
+                    self._query_broker()
                 case wire.BrokerCancelled():
                     kind = EventKind.EXPIRED if news.cause is wire.CancelCause.EXPIRED else EventKind.CANCELLED
                     self._emit(kind, detail=f"{news.cause.value}, {news.remaining} unfilled")

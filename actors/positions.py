@@ -14,13 +14,16 @@ import msgspec
 from thespian.actors import WakeupMessage
 
 from actors.base import RoleActor
+from actors.lifecycle import fill_of
 from messages.actor import (
+    BrokerUpdate,
     ClosablePosition,
     Configure,
     FillsLoaded,
     FillsRecorded,
     GetPositions,
     LoadFills,
+    Orphan,
     Peers,
     PositionsReply,
     PositionsSnapshot,
@@ -28,9 +31,10 @@ from messages.actor import (
     PublishAlert,
     QueryPositions,
     Ready,
+    RecordDeals,
     RecordPositions,
 )
-from messages.broker import BrokerPosition
+from messages.broker import BrokerFill, BrokerPosition
 from messages.enums import (
     DealEntry,
     DealReason,
@@ -54,6 +58,10 @@ EXIT_REASONS = {
     DealReason.CLIENT: ExitReason.SIGNAL,
 }
 VOLUME_TOLERANCE = 1e-6
+# Deals are asked for again a little before the last check: a deal stamped just before it
+# may have been published just after.
+DEALS_OVERLAP = timedelta(minutes=1)
+DEAL_GRACE = timedelta(seconds=3)
 
 
 def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None) -> Position:
@@ -163,6 +171,7 @@ class PositionKeeper(RoleActor):
         self.book = PositionBook()
         # Tickets a close order has claimed, so two close signals don't close the same one.
         self.claimed: set[int] = set()
+        self.deals_checked_until: datetime | None = None
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -173,6 +182,9 @@ class PositionKeeper(RoleActor):
     def receiveMsg_FillsLoaded(self, message: FillsLoaded, sender: Any) -> None:
         for fill, stop_loss, take_profit in message.fills:
             self.book.apply(fill, stop_loss, take_profit)
+        self.deals_checked_until = datetime.now(UTC) - timedelta(hours=self.settings.idempotency_window_hours)
+        # What a keeper before this one computed but had not handed over is written again.
+        self.send(self.peers.recorder, RecordPositions(list(self.book.positions.values())))
         log.info("positions rebuilt from %d fills: %d open", len(message.fills), len(self.book.open_positions()))
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
         self.send(self.configurer, Ready("positions"))
@@ -212,15 +224,39 @@ class PositionKeeper(RoleActor):
     # --- reconciliation ---------------------------------------------------------------------
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        self.send(self.peers.gateway, QueryPositions())
+        self.send(self.peers.gateway, QueryPositions(self.deals_checked_until))
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
     def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
         """Reconcile now (an operator's or a test's request)."""
-        self.send(self.peers.gateway, QueryPositions())
+        self.send(self.peers.gateway, message)
 
     def receiveMsg_PositionsReply(self, message: PositionsReply, sender: Any) -> None:
         now = datetime.now(UTC)
+        if self._recover_missing_deals(message.deals, now):
+            return  # positions are compared once the missing deals are in
+        self._compare(message, now)
+
+    def _recover_missing_deals(self, deals: list[BrokerFill], now: datetime) -> bool:
+        """Deals the broker made that no fill message brought us: recorded now, exactly once
+        (an order's deal goes to its order, which knows whether it has it)."""
+        known = {deal for p in self.book.positions.values() for deal in p.deals}
+        known |= {fill.deal for fills in self.book.early_exits.values() for fill in fills}
+        settled = now - DEAL_GRACE  # younger deals may still be on their way as fill messages
+        missing = [deal for deal in deals if deal.deal not in known and deal.timestamp < settled]
+        for deal in missing:
+            log.warning("reconciliation: deal %s (%s %s %s) never reached us: recovering it", deal.deal, deal.symbol, deal.side.value, deal.volume)
+            if deal.order_id is None:
+                self.send(self.peers.recorder, RecordDeals([fill_of(deal, None, SYMBOLS[deal.symbol])]))
+            else:
+                self.send(self.peers.supervisor, Orphan(BrokerUpdate(deal.order_id, deal)))
+        if missing:
+            self.wakeupAfter(timedelta(seconds=1))  # compare again once they are recorded
+        else:
+            self.deals_checked_until = now - DEALS_OVERLAP
+        return bool(missing)
+
+    def _compare(self, message: PositionsReply, now: datetime) -> None:
         theirs = {p.ticket: p for p in message.report.positions}
         ours = {p.ticket: p for p in self.book.open_positions()}
         changed: list[Position] = []

@@ -42,6 +42,7 @@ from messages.actor import (
     Rehydrated,
     SignalsDurable,
     StateLoaded,
+    StoreOutage,
 )
 from messages.order import EventKind, OrderEvent
 from service.config import Settings
@@ -54,6 +55,7 @@ log = Log(__name__)
 MAX_BACKOFF_S = 5.0
 # The sinks that confirm each batch; a batch leaves the outbox when both have it.
 SINKS = ("archiver", "status_publisher")
+REATTACH = "reattach order_events"
 READ_ONLY = re.compile(r"\s*(SELECT|WITH|SHOW|DESCRIBE|DESC|EXISTS)\b", re.IGNORECASE)
 
 
@@ -116,8 +118,19 @@ class Recorder(RoleActor):
         self._schedule()
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload == REATTACH:
+            assert self.store is not None
+            self.store.client.command(f"ATTACH TABLE {self.settings.clickhouse_database}.order_events")
+            log.warning("fault injection: order_events attached again")
+            return
         self.flush_scheduled = False
         self._flush()
+
+    def receiveMsg_StoreOutage(self, message: StoreOutage, sender: Any) -> None:
+        assert self.store is not None
+        self.store.client.command(f"DETACH TABLE {self.settings.clickhouse_database}.order_events")
+        log.warning("fault injection: order_events detached for %.1fs", message.seconds)
+        self.wakeupAfter(timedelta(seconds=message.seconds), payload=REATTACH)
 
     def receiveMsg_Delivered(self, message: Delivered, sender: Any) -> None:
         entry = self.unconfirmed.get(message.batch_id)

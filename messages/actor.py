@@ -6,6 +6,7 @@ Addresses are Thespian ActorAddress objects (typed ``Any``: they are opaque and 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -216,11 +217,14 @@ class FillsLoaded(msgspec.Struct, frozen=True):
 
 
 class QueryPositions(msgspec.Struct, frozen=True):
-    pass
+    """Reconcile: the broker's positions, and with ``deals_since`` its deals since then."""
+
+    deals_since: datetime | None = None
 
 
 class PositionsReply(msgspec.Struct, frozen=True):
     report: PositionsReport
+    deals: list[BrokerFill]
 
 
 class ClosablePosition(msgspec.Struct, frozen=True):
@@ -327,3 +331,10 @@ class GetDirectory(msgspec.Struct, frozen=True):
 class Directory(msgspec.Struct, frozen=True):
     peers: Peers
     order_actors: list[Any]
+
+
+class StoreOutage(msgspec.Struct, frozen=True):
+    """Fault injection: the recorder detaches the lifecycle table for ``seconds``, so every
+    write to ClickHouse fails with ClickHouse's own error until it is attached again."""
+
+    seconds: float

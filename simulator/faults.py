@@ -21,7 +21,8 @@ log = logging.getLogger("simulator")
 class Faults(msgspec.Struct, frozen=True, kw_only=True):
     """The switches; rates are fractions in [0, 1]."""
 
-    # Added before a market order executes; the price moves meanwhile (slippage).
+    # Added before an order is taken (executed, placed or rejected); the price may move
+    # meanwhile (slippage). mt5.order_status reports it unknown until then.
     latency_ms: float = 0.0
     # Uniform extra latency in [0, jitter_ms).
     jitter_ms: float = 0.0

@@ -41,7 +41,7 @@ from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
 from service.config import Settings, load_settings
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
-from system import connect
+from system import connect, kill_session
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "deploy/local/infra.sh"
@@ -223,6 +223,7 @@ class RunningSystem:
             if not isinstance(peers, Peers) or peers.ingress is None:
                 return False  # (never shutdown() a client: that would stop the service)
             self.actor_system, self.supervisor, self.peers = actor_system, supervisor, peers
+            self.session = os.getsid(actor_system.ask(supervisor, Ping(), 5).pid)
             return True
 
         wait_until(joined, timeout_s, 0.2, "the service to start")
@@ -239,9 +240,10 @@ class RunningSystem:
                 self.launcher = None
 
     def kill_service(self) -> None:
-        """SIGKILL to the whole process tree of the service, as a power cut would."""
+        """SIGKILL to every process of the service, as a power cut would."""
         assert self.launcher is not None
-        os.killpg(self.launcher.pid, SIGKILL)
+        self.launcher.kill()
+        kill_session(self.session)
         self.launcher.wait(10)
         self.launcher = None
 

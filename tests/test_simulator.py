@@ -711,3 +711,13 @@ def test_the_throughput_run_reports_orders_per_second():
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "200 market orders" in result.stdout and "orders/s" in result.stdout and "rejected 0" in result.stdout
+
+
+def test_the_throughput_run_reports_latency_at_a_steady_rate():
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator.throughput", "--rate", "200", "--orders", "100", "--sim-log-level", "WARNING"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "100 market orders at" in result.stdout and "push consumer" in result.stdout and "p99" in result.stdout
+    assert "rejected 0" in result.stdout

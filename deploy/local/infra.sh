@@ -239,8 +239,8 @@ kafka_format() {
 kafka_up() {
     command -v "$JAVA" >/dev/null || die "java not found: run deploy/local/setup.sh"
     [[ -x $PY ]] || die "$PY not found: run deploy/local/setup.sh (or set EXEC_PYTHON)"
-    local pid start t0
-    start=$SECONDS t0=$(now_ms)
+    local pid t0
+    t0=$(now_ms)
     kafka_jars
     pid=$(pid_of kafka)
     if [[ -z $pid ]]; then
@@ -256,7 +256,7 @@ kafka_up() {
     # Ready means a real metadata round trip, then the archive topic exists with its
     # partitions: service.kafka.ensure_topic, retried until the broker takes it.
     if ! KAFKA_PID=$pid INFRA_TIMEOUT=$TIMEOUT EXEC_KAFKA_BOOTSTRAP="127.0.0.1:$KAFKA_PORT" \
-        "$PY" - <<'PY'
+        PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PY'
 import asyncio, logging, os, sys, time
 
 logging.basicConfig(level=logging.CRITICAL)  # aiokafka logs every refused connect
@@ -264,8 +264,10 @@ from service.config import load_settings
 from service.kafka import ensure_topic
 
 settings = load_settings()
-pid, deadline = int(os.environ["KAFKA_PID"]), time.monotonic() + float(os.environ["INFRA_TIMEOUT"])
+start = time.monotonic()
+pid, deadline = int(os.environ["KAFKA_PID"]), start + float(os.environ["INFRA_TIMEOUT"])
 last: BaseException | None = None
+told = ""
 while time.monotonic() < deadline:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -280,6 +282,11 @@ while time.monotonic() < deadline:
         sys.exit(0)
     except Exception as exc:  # not up yet: refused, no controller yet, timeouts
         last = exc
+        # A normal start takes a few seconds and says nothing; a slow one says why, once per
+        # distinct error (a persistent one is then visible long before the timeout).
+        if time.monotonic() - start > 10 and repr(exc) != told:
+            told = repr(exc)
+            print(f"infra: kafka not ready after {time.monotonic() - start:.0f}s: {told}", file=sys.stderr)
         time.sleep(0.3)
 sys.exit(f"kafka did not answer in time: {last!r}")
 PY

@@ -1,0 +1,449 @@
+"""Fault injection: a load of mixed signals through the real system while processes are
+killed and servers stopped at points chosen by a seed, then the six invariants.
+
+Used by tests/test_fault_injection.py (CI) and, for a longer soak, from the command line:
+    .venv/bin/python tests/chaos.py --soak [--seed N] [--signals 2000] [--scenario NAME]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from signal import SIGKILL
+from typing import Any
+
+import msgspec
+from harness import INFRA, RunningSystem, signal, wait_until
+from ports import free_port
+
+from messages import broker as wire
+from messages.actor import CancelOrder, Directory, GetDirectory, Ping, Pong, StoreOutage
+from messages.codec import decode, encode
+from messages.order import order_id_for
+from messages.symbols import SYMBOLS
+
+SYMBOL_CHOICES = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "XAUUSD"]
+TERMINAL = {"filled", "cancelled", "rejected", "failed"}
+BROKER_TO_STATUS = {
+    "filled": "filled",
+    "placed": "submitted",
+    "partially_filled": "partially_filled",
+    "cancelled": "cancelled",
+    "expired": "cancelled",
+    "rejected": "rejected",
+}
+ROLES = ["gateway", "recorder", "archiver", "status_publisher", "positions", "ingress"]
+
+
+@dataclass
+class Load:
+    """The signals of one scenario, made from a seed."""
+
+    approved: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+    def order_ids(self) -> list[uuid.UUID]:
+        return [order_id_for(uuid.UUID(s["signal_id"])) for s in self.approved]
+
+
+def make_signal(rng: random.Random, quotes: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """One signal: (approved?, payload). All order types, partial fills, SL/TP, refusals."""
+    symbol = rng.choice(SYMBOL_CHOICES)
+    spec = SYMBOLS[symbol]
+    pip = spec.pip
+    quote = quotes[symbol]
+    side = rng.choice(["buy", "sell"])
+    volume = round(rng.choice([0.01, 0.05, 0.1]) if symbol == "XAUUSD" else rng.choice([0.1, 0.2, 0.5, 1.0, 6.0]), 2)
+    touch = quote.ask if side == "buy" else quote.bid
+    away = rng.randint(1, 6) * pip * (1 if side == "buy" else -1)  # in the adverse direction for a stop
+    kind = rng.choices(["market", "market_sltp", "limit", "stop", "stop_limit", "not_approved", "hold"], [50, 12, 15, 10, 6, 4, 3])[0]
+    r = lambda price: round(price, spec.digits)  # noqa: E731
+    if kind == "market":
+        return True, signal(symbol, side, volume, r(touch))
+    if kind == "market_sltp":
+        sl, tp = (touch - 12 * pip, touch + 12 * pip) if side == "buy" else (touch + 12 * pip, touch - 12 * pip)
+        return True, signal(symbol, side, volume, r(touch), stop_loss=r(sl), take_profit=r(tp))
+    if kind == "limit":
+        return True, signal(symbol, side, volume, r(touch - away), order_type="limit")
+    if kind == "stop":
+        return True, signal(symbol, side, volume, r(touch + away), order_type="stop")
+    if kind == "stop_limit":
+        stop = touch + away
+        return True, signal(symbol, side, volume, r(stop), order_type="stop_limit", stop_price=r(stop), limit_price=r(stop - away / 2))
+    if kind == "not_approved":
+        return False, signal(symbol, side, volume, r(touch), risk_approval_status=rng.choice(["pending", "rejected"]))
+    return False, signal(symbol, "hold", volume, r(touch))
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+Fault = Callable[[RunningSystem, random.Random, Load], str]
+
+
+def pids_of(system: RunningSystem) -> dict[str, list[tuple[int, str]]]:
+    """role -> [(pid, doing)] of the running service."""
+    directory: Directory = system.ask("supervisor", GetDirectory())
+    found: dict[str, list[tuple[int, str]]] = {}
+    targets = [directory.peers.supervisor, *(getattr(directory.peers, r) for r in ROLES), *directory.order_actors]
+    for address in targets:
+        pong = system.actor_system.ask(address, Ping(), 5)
+        if isinstance(pong, Pong):
+            found.setdefault(pong.role, []).append((pong.pid, pong.doing))
+    return found
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, SIGKILL)
+
+
+ROLE_CLASSES = {
+    "gateway": "BrokerGateway",
+    "recorder": "Recorder",
+    "archiver": "Archiver",
+    "status_publisher": "StatusPublisher",
+    "positions": "PositionKeeper",
+    "ingress": "Ingress",
+}
+
+
+def kill_role(role: str) -> Fault:
+    def fault(system: RunningSystem, rng: random.Random, load: Load) -> str:
+        ((pid, _),) = pids_of(system)[ROLE_CLASSES[role]]
+        kill(pid)
+        return f"SIGKILL {role} (pid {pid})"
+
+    return fault
+
+
+def kill_order_actors(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    """Kill OrderActors while they hold orders: the broker is slowed down so that orders are
+    in flight, and a few more signals arrive to be caught mid-way."""
+    system.control(latency_ms=400.0)
+    quotes = system.control().quotes
+    for _ in range(6):
+        symbol = rng.choice(SYMBOL_CHOICES[:4])
+        load.approved.append(signal(symbol, "buy", 0.1, quotes[symbol].ask))
+        system.send(load.approved[-1])
+    busy = wait_until(
+        lambda: [(pid, doing) for pid, doing in pids_of(system).get("OrderActor", []) if doing != "idle"], 5, 0.05, "busy actors"
+    )
+    chosen = rng.sample(busy, min(2, len(busy)))
+    for pid, _ in chosen:
+        kill(pid)
+    system.control(latency_ms=0.0)
+    return f"SIGKILL {len(chosen)} OrderActor(s) holding orders {', '.join(doing.split()[1][:8] for _, doing in chosen)}"
+
+
+def kill_supervisor(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    ((pid, _),) = pids_of(system)["Supervisor"]
+    kill(pid)
+    # The launcher notices, kills what is left of the tree and starts again.
+    time.sleep(1.0)
+    system.connect(timeout_s=90)
+    return f"SIGKILL supervisor (pid {pid}); the launcher restarted the service"
+
+
+def kill_whole_tree(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    system.kill_service()
+    system.start_service()
+    return "SIGKILL the whole process tree, then start again"
+
+
+def restart_nats(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    system.nats.restart()
+    return "NATS stopped and started again"
+
+
+def clickhouse_outage(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    seconds = 8.0
+    system.tell("recorder", StoreOutage(seconds))
+    return f"ClickHouse writes failing for {seconds:.0f}s"
+
+
+def connector_misbehaves(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    system.control(drop_rate=0.2, duplicate_rate=0.2, reorder_rate=0.2, latency_ms=1.0, jitter_ms=4.0)
+    return "connector: 20% of broker messages dropped, 20% duplicated, 20% reordered, latency 1-5 ms"
+
+
+def connector_silent(system: RunningSystem, rng: random.Random, load: Load) -> str:
+    system.control(silent_for_s=3.0)
+    return "connector silent for 3s"
+
+
+class KafkaOutage:
+    """A Kafka broker of the scenario's own, stopped for a while and started again."""
+
+    def __init__(self, run_dir: Path, outage_s: float) -> None:
+        self.outage_s = outage_s
+        self.env = {**os.environ, "EXEC_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port())}
+        self._infra("up")
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def _infra(self, action: str) -> None:
+        subprocess.run(["bash", str(INFRA), action, "kafka"], env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def __call__(self, system: RunningSystem, rng: random.Random, load: Load) -> str:
+        self._infra("down")
+        time.sleep(self.outage_s)
+        self._infra("up")
+        return f"Kafka stopped for {self.outage_s:.0f}s and started again"
+
+    def stop(self) -> None:
+        self._infra("down")
+
+
+# --- the invariants -----------------------------------------------------------------------------
+
+
+def read_stream(system: RunningSystem, subject: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every message JetStream holds on ``subject`` (what NATS carried, outages included)."""
+
+    async def read() -> list[tuple[str, dict[str, Any]]]:
+        sub = await system.probe.js.subscribe(subject, ordered_consumer=True)
+        found = []
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except Exception:
+                break
+            found.append((msg.subject, msgspec.json.decode(msg.data)))
+        await sub.unsubscribe()
+        return found
+
+    return system.probe._run(read(), 120)
+
+
+def broker_request(system: RunningSystem, subject: str, payload: msgspec.Struct, kind: type[Any]) -> Any:
+    return decode(system.probe.request(subject, encode(payload), 10), kind)
+
+
+def check_invariants(system: RunningSystem, load: Load, started: datetime) -> dict[str, str]:
+    """Each invariant -> 'ok' or what is wrong."""
+    results: dict[str, str] = {}
+    order_ids = load.order_ids()
+    refused_ids = [order_id_for(uuid.UUID(s["signal_id"])) for s in load.refused]
+    orders = {
+        row[0]: row
+        for row in system.query(
+            "SELECT order_id, order_status, filled_quantity, signal_id FROM suho_analytics.orders FINAL"
+        )
+    }
+    reports = {r.order_id: r for r in broker_request(system, wire.ORDER_STATUS_SUBJECT, wire.OrderStatusQuery(order_ids=order_ids + refused_ids), wire.OrderStatusReport).orders}
+    requests = Counter(msg["order_id"] for _, msg in read_stream(system, "orders.submitted.>"))
+
+    # 1. one order per approved signal, at the broker too; none for the others
+    problems = [f"{oid}: {'no order' if oid not in orders else ''} {requests[str(oid)]} requests, broker {reports[oid].state.value}"
+                for oid in order_ids if oid not in orders or requests[str(oid)] != 1 or reports[oid].state is wire.BrokerOrderState.UNKNOWN]
+    problems += [f"{oid}: order for a refused signal" for oid in refused_ids if oid in orders or reports[oid].state is not wire.BrokerOrderState.UNKNOWN]
+    results["1 one order per approved signal"] = _verdict(problems)
+
+    # 2. each broker deal exactly once in executions
+    deals = broker_request(system, wire.DEALS_SUBJECT, wire.DealsQuery(since=started - timedelta(hours=1)), wire.DealsReport).deals
+    raw_rows, unique_rows = system.query("SELECT count(), uniqExact(execution_id) FROM suho_analytics.executions")[0]
+    recorded = Counter(row[0] for row in system.query("SELECT deal FROM suho_analytics.executions FINAL"))
+    broker_deals = {d.deal for d in deals}
+    problems = [f"deal {d} missing" for d in broker_deals - set(recorded)]
+    problems += [f"deal {d} not at the broker" for d in set(recorded) - broker_deals]
+    problems += [f"deal {d} x{n}" for d, n in recorded.items() if n != 1]
+    results["2 each deal exactly once"] = _verdict(problems, f"{len(broker_deals)} deals ({raw_rows - unique_rows} rewrites collapsed)")
+
+    # 3. each order's final state equals the broker's
+    problems = []
+    for oid in order_ids:
+        if oid not in orders:
+            continue
+        _, status, filled, _ = orders[oid]
+        report = reports[oid]
+        expected = BROKER_TO_STATUS.get(report.state.value)
+        if status != expected or abs(filled - report.filled_volume) > 1e-6:
+            problems.append(f"{oid}: ours {status} {filled}, broker {report.state.value} {report.filled_volume}")
+    results["3 final state = broker's"] = _verdict(problems)
+
+    # 4. positions = sum of fills = the broker's positions
+    ours = {row[0]: row[1] for row in system.query("SELECT ticket, quantity FROM suho_analytics.positions FINAL WHERE position_status = 'open'")}
+    fills = {row[0]: row[1] for row in system.query(
+        "SELECT position_ticket, round(sumIf(fill_quantity, entry = 'in') - sumIf(fill_quantity, entry = 'out'), 8) AS q "
+        "FROM suho_analytics.executions FINAL GROUP BY position_ticket HAVING q > 1e-9")}
+    theirs = {p.ticket: p.volume for p in broker_request(system, wire.POSITIONS_SUBJECT, wire.PositionsQuery(), wire.PositionsReport).positions}
+    problems = [f"ticket {t}: positions {ours.get(t)}, fills {fills.get(t)}, broker {theirs.get(t)}"
+                for t in set(ours) | set(fills) | set(theirs)
+                if not (_same(ours.get(t), fills.get(t)) and _same(ours.get(t), theirs.get(t)))]
+    results["4 positions = fills = broker"] = _verdict(problems, f"{len(theirs)} open")
+
+    # 5. the archive holds every lifecycle event (duplicates recognised by event_id)
+    events = {row[0] for row in system.query("SELECT event_id FROM suho_analytics.order_events FINAL")}
+    archived = Counter(e.event_id for e in system.archive())
+    problems = [f"event {e} not archived" for e in events - set(archived)]
+    duplicates = sum(n - 1 for n in archived.values())
+    results["5 archive complete"] = _verdict(problems, f"{len(events)} events, {duplicates} duplicates counted once")
+
+    # 6. NATS carried a terminal status for every order that reached one
+    carried = {(subject.split(".")[1], msg["order_id"]) for subject, msg in read_stream(system, "orders.>")}
+    problems = [f"{oid}: no orders.{row[1]}" for oid, row in orders.items() if row[1] in TERMINAL and (row[1], str(oid)) not in carried]
+    results["6 terminal status on NATS"] = _verdict(problems)
+    return results
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and abs(a - b) < 1e-6
+
+
+def _verdict(problems: list[str], detail: str = "") -> str:
+    if not problems:
+        return f"ok{f' ({detail})' if detail else ''}"
+    return f"FAILED: {len(problems)}: " + "; ".join(problems[:5])
+
+
+# --- a scenario ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    seed: int
+    faults: list[str]
+    orders: int
+    fills: int
+    invariants: dict[str, str]
+    recovery_s: float
+
+    @property
+    def passed(self) -> bool:
+        return all(v.startswith("ok") for v in self.invariants.values())
+
+
+def run_scenario(
+    name: str,
+    tmp: Path,
+    kafka_bootstrap: str,
+    seed: int,
+    faults: list[Fault],
+    signals: int = 150,
+    settle_timeout_s: float = 120.0,
+    kafka_outage: KafkaOutage | None = None,
+) -> Outcome:
+    rng = random.Random(f"{seed}:{name}")
+    print(f"\n[chaos] scenario {name}: seed {seed} (replay: --seed {seed} --scenario {name})", flush=True)
+    system = RunningSystem(
+        tmp,
+        kafka_outage.bootstrap if kafka_outage else kafka_bootstrap,
+        sim_env={"SIM_SEED": str(seed), "SIM_BALANCE": "100000000", "SIM_TICK_MS": "0"},
+        broker_timeout_s=1.0,
+        reconcile_interval_s=2.0,
+        order_actor_pool=4,
+    )
+    started = datetime.now(UTC)
+    load = Load()
+    injected: list[str] = []
+    try:
+        batches = 10
+        per_batch = max(1, signals // batches)
+        fault_at = sorted(rng.sample(range(1, batches), min(len(faults), batches - 1))) if faults else []
+        schedule = dict(zip(fault_at, faults, strict=False))
+        last_fault = time.monotonic()
+        for batch in range(batches):
+            if batch in schedule:
+                injected.append(schedule[batch](system, rng, load))
+                last_fault = time.monotonic()
+            quotes = system.control().quotes
+            for _ in range(per_batch):
+                approved, payload = make_signal(rng, quotes)
+                (load.approved if approved else load.refused).append(payload)
+                system.send(payload)
+            system.control(step=rng.randint(5, 25))  # prices move: pending orders trigger, SL/TP hit
+            time.sleep(0.2)
+        for fault in faults[len(fault_at):]:  # more faults than gaps: the rest go at the end
+            injected.append(fault(system, rng, load))
+            last_fault = time.monotonic()
+        # Some resting orders are cancelled by an operator; then the connector behaves again.
+        for oid in rng.sample(load.order_ids(), min(5, len(load.order_ids()))):
+            system.tell("supervisor", CancelOrder(oid, "operator"))
+        system.control(drop_rate=0.0, duplicate_rate=0.0, reorder_rate=0.0, latency_ms=0.0, jitter_ms=0.0, silent_for_s=0.0)
+        results: dict[str, str] = {}
+
+        def converged() -> bool:
+            nonlocal results
+            try:
+                results = check_invariants(system, load, started)
+            except Exception as exc:  # a server still coming back
+                results = {"checking": f"FAILED: {exc!r}"}
+            return all(v.startswith("ok") for v in results.values())
+
+        try:
+            wait_until(converged, settle_timeout_s, 2.0, "the invariants")
+        except AssertionError:
+            pass
+        recovery = time.monotonic() - last_fault
+        fills = int(system.query("SELECT count() FROM suho_analytics.executions FINAL")[0][0])
+        return Outcome(name, seed, injected, len(load.approved), fills, results, recovery)
+    finally:
+        system.close()
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    from service.cli import table
+
+    rows = []
+    for o in outcomes:
+        failed = [k for k, v in o.invariants.items() if not v.startswith("ok")]
+        rows.append((o.scenario, o.seed, "; ".join(o.faults) or "none", o.orders, o.fills,
+                     "all 6 ok" if o.passed else "FAILED " + ", ".join(failed), f"{o.recovery_s:.1f}s"))  # fmt: skip
+    return table(["scenario", "seed", "faults injected", "orders", "fills", "invariants", "fault to reconciled"], rows)
+
+
+def scenarios(kafka_run_dir: Path | None = None) -> dict[str, list[Fault]]:
+    return {
+        "order_actors": [kill_order_actors, kill_order_actors],
+        "each_role": [kill_role(role) for role in ROLES],
+        "supervisor": [kill_supervisor],
+        "whole_tree": [kill_whole_tree],
+        "nats_restart": [restart_nats],
+        "clickhouse_outage": [clickhouse_outage],
+        "connector_faults": [connector_misbehaves, connector_silent],
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=random.SystemRandom().randrange(1 << 30))
+    parser.add_argument("--signals", type=int, default=150)
+    parser.add_argument("--scenario", action="append", help="run only these (repeatable)")
+    parser.add_argument("--soak", action="store_true", help="more signals and every fault twice")
+    parser.add_argument("--kafka", default="", help="bootstrap of a running Kafka (default: start one)")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="chaos-"))
+    kafka = None if args.kafka else KafkaOutage(base / "kafka", outage_s=30)
+    bootstrap = args.kafka or kafka.bootstrap  # type: ignore[union-attr]
+    chosen = scenarios()
+    if kafka is not None:
+        chosen["kafka_outage"] = [kafka]
+    outcomes = []
+    try:
+        for name, faults in chosen.items():
+            if args.scenario and name not in args.scenario:
+                continue
+            count = args.signals * (5 if args.soak else 1)
+            outcomes.append(run_scenario(name, base / name, bootstrap, args.seed, faults * (2 if args.soak else 1), count,
+                                         kafka_outage=kafka if name == "kafka_outage" else None))  # fmt: skip
+    finally:
+        if kafka is not None:
+            kafka.stop()
+    print(summary(outcomes))
+    for o in outcomes:
+        for k, v in o.invariants.items():
+            if not v.startswith("ok"):
+                print(f"{o.scenario}: {k}: {v}")
+    sys.exit(0 if all(o.passed for o in outcomes) else 1)
