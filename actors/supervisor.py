@@ -14,7 +14,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ChildActorExited, DeadEnvelope, WakeupMessage
 
 from actors.archiver import Archiver
 from actors.base import RoleActor
@@ -121,12 +121,16 @@ class Supervisor(RoleActor):
         self.drain_asker: Any = None
         self.stopping = False
         self.starter: Any = None
+        # (address, role) of actors that died, to route what was still sent to them.
+        self.retired: list[tuple[Any, str]] = []
 
     # --- start-up ------------------------------------------------------------------------------
 
     def receiveMsg_Start(self, message: Start, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.starter = sender
+        # Messages sent to an actor that died come here, to be passed to its successor.
+        self.handleDeadLetters()
         self.peers = Peers(supervisor=self.myAddress, recorder=self.createActor(Recorder))
         self.send(self.peers.recorder, Configure(self.settings, self.peers))
 
@@ -302,11 +306,13 @@ class Supervisor(RoleActor):
         for role in ROLES:
             if getattr(self.peers, role) == dead:
                 log.error("%s died: restarting it", role)
+                self.retired.append((dead, role))
                 self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
                 self.send(getattr(self.peers, role), Configure(self.settings, self.peers))
                 self._broadcast_peers()
                 return
         self.pool_size -= 1
+        self.retired.append((dead, "order"))
         self.idle = [actor for actor in self.idle if actor != dead]
         for order_id, actor in list(self.active.items()):
             if actor == dead:
@@ -316,6 +322,20 @@ class Supervisor(RoleActor):
                 self.send(self.peers.recorder, Rehydrate(order_id))
         while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
             self.idle.append(self._new_order_actor())
+
+    def receiveMsg_DeadEnvelope(self, message: DeadEnvelope, sender: Any) -> None:
+        """Whoever handed something to an actor that has died meanwhile: it goes to the actor
+        that replaced it, so nothing is dropped on the floor."""
+        role = next((role for address, role in self.retired if address == message.deadAddress), None)
+        letter = message.deadMessage
+        if role in ROLES:
+            self.send(getattr(self.peers, role), letter)
+        elif role == "order" and isinstance(letter, BrokerUpdate):
+            self._revive(letter.order_id, letter.news)
+        elif role == "order" and isinstance(letter, CancelOrder):
+            self.receiveMsg_CancelOrder(letter, sender)
+        elif not self.stopping:
+            log.warning("undeliverable %s to %s", type(letter).__name__, message.deadAddress)
 
     # --- shutdown -------------------------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     archive_topic: str = "order_execution_archive"
     archive_partitions: int = 6
     admin_port: int = 19500
-    # Stream names are prefixed so several instances can share one NATS server in tests.
+    # The JetStream streams are named {prefix}_SIGNALS, _ORDERS, _BROKER, _DEADLETTER. Their
+    # subjects are fixed by the contract, so one NATS server holds one set of them.
     stream_prefix: str = "EXEC"
     dead_letter_subject: str = "signals.deadletter"
     idempotency_window_hours: float = 24.0

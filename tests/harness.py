@@ -282,7 +282,15 @@ class RunningSystem:
     # --- looking ------------------------------------------------------------------------------
 
     def ask(self, role: str, message: Any, timeout_s: float = 10.0) -> Any:
-        return self.actor_system.ask(getattr(self.peers, role), message, timeout_s)
+        """Ask a role; if it does not answer (restarted since), ask where it lives now."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            answer = self.actor_system.ask(getattr(self.peers, role), message, max(0.5, deadline - time.monotonic()))
+            if answer is not None or time.monotonic() >= deadline:
+                return answer
+            peers = self.actor_system.ask(self.supervisor, GetPeers(), 5)
+            if isinstance(peers, Peers):
+                self.peers = peers
 
     def tell(self, role: str, message: Any) -> None:
         """Send without an answer; the ping after it makes sure it has left this process."""
