@@ -252,6 +252,9 @@ class OrderActor(RoleActor):
             self._on_unknown_at_broker()
         elif state is wire.BrokerOrderState.PLACED and self.order.broker_order_id is None:
             self._emit(EventKind.PLACED, detail=f"resting as ticket {report.ticket}", broker_order_id=str(report.ticket))
+        elif state is wire.BrokerOrderState.PLACED and self.cancelling:
+            # Still resting although we asked to cancel: the request or its answer was lost.
+            self.send(self.peers.gateway, CancelAtBroker(self.order.order_id))
         elif state in (wire.BrokerOrderState.CANCELLED, wire.BrokerOrderState.EXPIRED) and self.order.status in IN_FLIGHT:
             kind = EventKind.EXPIRED if state is wire.BrokerOrderState.EXPIRED else EventKind.CANCELLED
             self._emit(kind, detail=f"broker reports {state.value}")

@@ -64,7 +64,7 @@ DEALS_OVERLAP = timedelta(minutes=1)
 DEAL_GRACE = timedelta(seconds=3)
 
 
-def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None) -> Position:
+def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None, at: datetime) -> Position:
     return Position(
         position_id=position_id_for(fill.position_ticket),
         ticket=fill.position_ticket,
@@ -78,12 +78,11 @@ def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None
         take_profit=take_profit,
         commission_total=fill.commission,
         deals=(fill.deal,),
-        version=1,
-        updated_at=fill.execution_timestamp,
+        updated_at=at,
     )
 
 
-def add_to(position: Position, fill: Fill) -> Position:
+def add_to(position: Position, fill: Fill, at: datetime) -> Position:
     """Another entry deal of the same position ticket (a partial fill of its order)."""
     quantity = position.quantity + fill.fill_quantity
     entry = (position.entry_price * position.quantity + fill.fill_price * fill.fill_quantity) / quantity
@@ -93,12 +92,11 @@ def add_to(position: Position, fill: Fill) -> Position:
         entry_price=entry,
         commission_total=position.commission_total + fill.commission,
         deals=(*position.deals, fill.deal),
-        version=position.version + 1,
-        updated_at=fill.execution_timestamp,
+        updated_at=at,
     )
 
 
-def reduce(position: Position, fill: Fill) -> Position:
+def reduce(position: Position, fill: Fill, at: datetime) -> Position:
     """An exit deal: realize PnL on its volume; the position closes when nothing is left."""
     spec = SYMBOLS[position.symbol]
     direction = 1 if position.side is PositionSide.LONG else -1
@@ -129,8 +127,7 @@ def reduce(position: Position, fill: Fill) -> Position:
         exit_order_id=fill.order_id or position.exit_order_id,
         commission_total=position.commission_total + fill.commission,
         deals=(*position.deals, fill.deal),
-        version=position.version + 1,
-        updated_at=fill.execution_timestamp,
+        updated_at=at,
         **changes,
     )
 
@@ -143,22 +140,23 @@ class PositionBook:
         self.positions: dict[int, Position] = {}
         self.early_exits: dict[int, list[Fill]] = {}
 
-    def apply(self, fill: Fill, stop_loss: float | None, take_profit: float | None) -> list[Position]:
+    def apply(self, fill: Fill, stop_loss: float | None, take_profit: float | None, at: datetime) -> list[Position]:
+        """The positions this fill changes; ``at`` stamps them (the latest write wins in ClickHouse)."""
         ticket = fill.position_ticket
         position = self.positions.get(ticket)
         if position is not None and fill.deal in position.deals:
             return []
         if fill.entry is DealEntry.IN:
-            position = add_to(position, fill) if position else open_position(fill, stop_loss, take_profit)
+            position = add_to(position, fill, at) if position else open_position(fill, stop_loss, take_profit, at)
             self.positions[ticket] = position
             changed = [position]
             for early in self.early_exits.pop(ticket, []):
-                changed += self.apply(early, None, None)
+                changed += self.apply(early, None, None, at)
             return changed
         if position is None:
             self.early_exits.setdefault(ticket, []).append(fill)
             return []
-        self.positions[ticket] = reduce(position, fill)
+        self.positions[ticket] = reduce(position, fill, at)
         return [self.positions[ticket]]
 
     def open_positions(self) -> list[Position]:
@@ -180,8 +178,9 @@ class PositionKeeper(RoleActor):
         self.send(self.peers.recorder, LoadFills())
 
     def receiveMsg_FillsLoaded(self, message: FillsLoaded, sender: Any) -> None:
+        now = datetime.now(UTC)
         for fill, stop_loss, take_profit in message.fills:
-            self.book.apply(fill, stop_loss, take_profit)
+            self.book.apply(fill, stop_loss, take_profit, now)
         self.deals_checked_until = datetime.now(UTC) - timedelta(hours=self.settings.idempotency_window_hours)
         # What a keeper before this one computed but had not handed over is written again.
         self.send(self.peers.recorder, RecordPositions(list(self.book.positions.values())))
@@ -191,11 +190,12 @@ class PositionKeeper(RoleActor):
 
     def receiveMsg_FillsRecorded(self, message: FillsRecorded, sender: Any) -> None:
         changed: list[Position] = []
+        now = datetime.now(UTC)
         for event in message.events:
             assert event.fill is not None
-            changed += self.book.apply(event.fill, event.order.stop_loss, event.order.take_profit)
+            changed += self.book.apply(event.fill, event.order.stop_loss, event.order.take_profit, now)
         for fill in message.orphan_fills:
-            changed += self.book.apply(fill, None, None)
+            changed += self.book.apply(fill, None, None, now)
         for position in changed:
             if position.position_status is PositionStatus.CLOSED:
                 self.claimed.discard(position.ticket)
@@ -267,7 +267,7 @@ class PositionKeeper(RoleActor):
             elif abs(mine.quantity - broker.volume) > VOLUME_TOLERANCE:
                 self._alert(ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume, now)
                 if self.settings.auto_correct_positions:
-                    self.book.positions[ticket] = msgspec.structs.replace(mine, quantity=broker.volume, version=mine.version + 1, updated_at=now)
+                    self.book.positions[ticket] = msgspec.structs.replace(mine, quantity=broker.volume, updated_at=now)
             else:
                 changed.append(self._mark(mine, broker, now))
         for ticket, mine in ours.items():
@@ -284,7 +284,6 @@ class PositionKeeper(RoleActor):
             position,
             current_price=broker.price_current,
             unrealized_pnl=round(unrealized, 8),
-            version=position.version + 1,
             updated_at=now,
         )
         self.book.positions[position.ticket] = marked

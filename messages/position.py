@@ -42,7 +42,7 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     # Volume closed so far; exit_price is its volume-weighted price.
     closed_quantity: float = 0.0
     deals: tuple[int, ...] = ()
-    version: int = 0
+    # When the keeper last changed it: the latest write of a position wins in ClickHouse.
     updated_at: datetime | None = None
 
 

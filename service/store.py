@@ -92,7 +92,7 @@ POSITION_COLUMNS = [
     "take_profit", "position_status", "current_price", "unrealized_pnl", "realized_pnl",
     "commission_total", "exit_price", "exit_reason", "closed_at", "r_multiple",
     "holding_period_hours", "entry_order_id", "exit_order_id", "ticket", "closed_quantity",
-    "version", "updated_at",
+    "updated_at",
 ]  # fmt: skip
 
 EVENT_COLUMNS = [
@@ -127,7 +127,7 @@ def _position_row(p: Position) -> list[object]:
         p.take_profit, p.position_status.value, p.current_price, p.unrealized_pnl, p.realized_pnl,
         p.commission_total, p.exit_price, p.exit_reason.value if p.exit_reason else None, p.closed_at,
         p.r_multiple, p.holding_period_hours, p.entry_order_id, p.exit_order_id, p.ticket,
-        p.closed_quantity, p.version, p.updated_at or p.opened_at,
+        p.closed_quantity, p.updated_at or p.opened_at,
     ]  # fmt: skip
 
 

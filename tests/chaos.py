@@ -400,7 +400,7 @@ def summary(outcomes: list[Outcome]) -> str:
     return table(["scenario", "seed", "faults injected", "orders", "fills", "invariants", "fault to reconciled"], rows)
 
 
-def scenarios(kafka_run_dir: Path | None = None) -> dict[str, list[Fault]]:
+def scenarios() -> dict[str, list[Fault]]:
     return {
         "order_actors": [kill_order_actors, kill_order_actors],
         "each_role": [kill_role(role) for role in ROLES],

@@ -189,7 +189,7 @@ class RunningSystem:
 
     def _simulator_answers(self) -> bool:
         try:
-            self.control()
+            self.probe.request(CONTROL_SUBJECT, encode(SimControl()), 1.0)
             return True
         except Exception:
             return False
@@ -268,7 +268,15 @@ class RunningSystem:
     # --- driving ------------------------------------------------------------------------------
 
     def control(self, **switches: Any) -> SimStatus:
-        return decode(self.probe.request(CONTROL_SUBJECT, encode(SimControl(**switches)), 2.0), SimStatus)
+        """Drive the simulator; retried for a while, since it may be reconnecting to NATS."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                return decode(self.probe.request(CONTROL_SUBJECT, encode(SimControl(**switches)), 2.0), SimStatus)
+            except Exception:
+                if time.monotonic() > deadline or self.sim is None or self.sim.poll() is not None:
+                    raise
+                time.sleep(0.2)
 
     def send(self, payload: dict[str, Any] | bytes, subject: str | None = None) -> uuid.UUID | None:
         if isinstance(payload, dict):
@@ -354,4 +362,4 @@ class RunningSystem:
             finally:
                 await consumer.stop()
 
-        return asyncio.run(read())
+        return asyncio.run(asyncio.wait_for(read(), 60))

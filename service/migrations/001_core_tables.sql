@@ -1,5 +1,5 @@
 -- The compatibility surface other services read: names and types as DESIGN.md lists them.
--- orders and positions keep one row per id: the highest version wins (read with FINAL).
+-- orders and positions keep one row per id: the latest version wins (read with FINAL).
 CREATE TABLE IF NOT EXISTS {db}.orders
 (
     order_id UUID,
@@ -89,10 +89,9 @@ CREATE TABLE IF NOT EXISTS {db}.positions
     exit_order_id Nullable(UUID),
     ticket UInt64,
     closed_quantity Float64,
-    version UInt32,
-    updated_at DateTime64(3, 'UTC')
+    updated_at DateTime64(6, 'UTC')
 )
-ENGINE = ReplacingMergeTree(version)
+ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY position_id;
 
 -- Append-only lifecycle: every event of every order with its full snapshot (payload, JSON),
