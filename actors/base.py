@@ -1,8 +1,10 @@
-"""What every role shares: it learns where restarted peers live, and tells its process id."""
+"""What every role shares: it learns where restarted peers live, tells its process id, and
+counts the messages it sends."""
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
 from thespian.actors import ActorTypeDispatcher
@@ -14,12 +16,20 @@ from service.config import Settings
 class RoleActor(ActorTypeDispatcher):
     settings: Settings
     peers: Peers
+    def __init__(self) -> None:
+        super().__init__()
+        # Messages this actor sent, by type: what an order costs in inter-process messages.
+        self.sent: Counter[str] = Counter()
+
+    def send(self, target: Any, message: Any) -> None:
+        self.sent[type(message).__name__] += 1
+        super().send(target, message)
 
     def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
         self.peers = message
 
     def receiveMsg_Ping(self, message: Ping, sender: Any) -> None:
-        self.send(sender, Pong(type(self).__name__, os.getpid(), str(self.myAddress), self.doing()))
+        self.send(sender, Pong(type(self).__name__, os.getpid(), str(self.myAddress), self.doing(), dict(self.sent)))
 
     def doing(self) -> str:
         """A few words on what the actor holds, for ``execution-service ps``."""

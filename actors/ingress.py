@@ -10,6 +10,7 @@ its order is recorded in ClickHouse (SignalsDurable) or it is a known duplicate
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from actors.loop import LoopActor
 from messages.actor import (
+    Backpressure,
     Configure,
     CrossCheck,
     CrossChecked,
@@ -55,6 +57,8 @@ class Ingress(LoopActor):
         # signal_id -> deliveries waiting for their acknowledgement
         self.unacked: dict[uuid.UUID, list[Any]] = {}
         self.checking: dict[uuid.UUID, Accepted] = {}
+        # Set by the recorder's backpressure; read by the consumer loop.
+        self.paused = threading.Event()
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -78,6 +82,9 @@ class Ingress(LoopActor):
         )
         self.deliver(configurer, Ready("ingress"))
         while True:
+            if self.paused.is_set():
+                await asyncio.sleep(0.1)  # signals wait in JetStream meanwhile
+                continue
             try:
                 batch = await subscription.fetch(256, timeout=1.0)
             except asyncio.TimeoutError:
@@ -138,6 +145,17 @@ class Ingress(LoopActor):
                     self.spawn(
                         self._dead_letter(msg, "not_in_trading_signals", f"signal {signal_id} is not an approved row of trading_signals", None)
                     )
+
+    def receiveMsg_Backpressure(self, message: Backpressure, sender: Any) -> None:
+        if message.on:
+            self.paused.set()
+            log.warning("not taking signals: %s", message.reason)
+        else:
+            self.paused.clear()
+            log.warning("taking signals again: %s", message.reason)
+
+    def doing(self) -> str:
+        return f"{'paused' if self.paused.is_set() else 'consuming'}, {len(self.unacked)} signals awaiting their record"
 
     def receiveMsg_SignalsDurable(self, message: SignalsDurable, sender: Any) -> None:
         for signal_id in message.signal_ids:

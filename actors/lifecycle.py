@@ -12,6 +12,7 @@ import msgspec
 
 from messages.broker import BrokerFill
 from messages.enums import OrderStatus as S
+from messages.enums import OrderType
 from messages.order import EventKind as E
 from messages.order import Fill, Order, OrderEvent, execution_id_for
 from messages.symbols import SymbolSpec
@@ -43,6 +44,16 @@ TRANSITIONS: dict[tuple[S, E], S] = {
 
 TERMINAL = frozenset({S.FILLED, S.CANCELLED, S.REJECTED, S.FAILED})
 IN_FLIGHT = frozenset({S.PENDING, S.SUBMITTED, S.PARTIALLY_FILLED})
+
+
+def is_resting(order: Order) -> bool:
+    """A pending order (limit, stop, stop-limit) the broker has accepted and holds: nothing is
+    expected of it soon, so no actor needs to hold it."""
+    return (
+        order.order_type is not OrderType.MARKET
+        and order.status in (S.SUBMITTED, S.PARTIALLY_FILLED)
+        and order.broker_order_id is not None
+    )
 
 
 class IllegalTransition(Exception):

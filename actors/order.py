@@ -24,6 +24,7 @@ from actors.lifecycle import (
     advance,
     apply_deal,
     fill_of,
+    is_resting,
 )
 from messages import broker as wire
 from messages.actor import (
@@ -331,14 +332,7 @@ class OrderActor(RoleActor):
         self._log("info", "%s -> %s%s", event.kind.value, event.status.value, f" ({event.detail})" if event.detail else "")
 
     def _resting(self) -> bool:
-        order = self.order
-        return (
-            order is not None
-            and not self.cancelling
-            and order.order_type is not OrderType.MARKET
-            and order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
-            and order.broker_order_id is not None
-        )
+        return self.order is not None and not self.cancelling and is_resting(self.order)
 
     def _finish(self) -> None:
         """Record what happened; give the order back when it is terminal or resting, else

@@ -18,6 +18,7 @@ from thespian.actors import WakeupMessage
 
 from actors.base import RoleActor
 from messages.actor import (
+    Backpressure,
     Configure,
     CrossCheck,
     CrossChecked,
@@ -69,6 +70,7 @@ class Recorder(RoleActor):
         self.flush_scheduled = False
         self.backoff_s = 0.0
         self.drain_asker: Any = None
+        self.pressing = False
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -116,6 +118,21 @@ class Recorder(RoleActor):
         self.outbox.append(batch)
         self.held.extend(batch)
         self._schedule()
+        self._check_pressure()
+
+    def _check_pressure(self) -> None:
+        """Past the bound, ingress stops taking signals until half of it is worked off."""
+        held = len(self.held.events) + sum(len(events) for events, _ in self.unconfirmed.values())
+        bound = self.settings.max_held_events
+        if held > bound and not self.pressing or held < bound // 2 and self.pressing:
+            self.pressing = not self.pressing
+            reason = f"{held} events held (bound {bound}): ClickHouse, Kafka or NATS is behind"
+            log.warning("backpressure %s: %s", "on" if self.pressing else "off", reason)
+            self.send(self.peers.ingress, Backpressure(self.pressing, reason))
+
+    def doing(self) -> str:
+        unconfirmed = sum(len(events) for events, _ in self.unconfirmed.values())
+        return f"{len(self.held)} to write, {unconfirmed} to confirm{' (backpressure)' if self.pressing else ''}"
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if message.payload == REATTACH:
@@ -140,6 +157,7 @@ class Recorder(RoleActor):
         if not entry[1]:
             del self.unconfirmed[message.batch_id]
             self.outbox.done(message.batch_id)
+            self._check_pressure()
         self._answer_drain()
 
     def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:

@@ -14,13 +14,18 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, DeadEnvelope, WakeupMessage
+from thespian.actors import (
+    ActorExitRequest,
+    ChildActorExited,
+    DeadEnvelope,
+    WakeupMessage,
+)
 
 from actors.archiver import Archiver
 from actors.base import RoleActor
 from actors.gateway import BrokerGateway
 from actors.ingress import Ingress
-from actors.lifecycle import TERMINAL
+from actors.lifecycle import TERMINAL, is_resting
 from actors.order import OrderActor
 from actors.positions import PositionKeeper
 from actors.recorder import Recorder
@@ -121,6 +126,9 @@ class Supervisor(RoleActor):
         self.drain_asker: Any = None
         self.stopping = False
         self.starter: Any = None
+        # Orders recovered at start and not yet confirmed with the broker.
+        self.reconciling: set[uuid.UUID] = set()
+        self.started_at = datetime.now(UTC)
         # (address, role) of actors that died, to route what was still sent to them.
         self.retired: list[tuple[Any, str]] = []
 
@@ -158,9 +166,16 @@ class Supervisor(RoleActor):
             self.send(created[role], Configure(self.settings, self.peers))
         for _ in range(self.settings.order_actor_pool):
             self.idle.append(self._new_order_actor())
+        # Whatever happened while we were away, the broker knows: ask before anything else.
+        # Resting orders are asked about in bulk; an order in flight gets an actor that asks.
+        self.started_at = now
         for order in message.open_orders:
-            # Whatever happened while we were away, the broker knows: ask before anything else.
-            self._assign(Assign(order, reconcile=True))
+            self.reconciling.add(order.order_id)
+            if is_resting(order):
+                self.resting[order.order_id] = order
+            else:
+                self._assign(Assign(order, reconcile=True))
+        self._sweep_resting()
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
     def _start_ingress(self) -> None:
@@ -213,6 +228,7 @@ class Supervisor(RoleActor):
 
     def receiveMsg_Released(self, message: Released, sender: Any) -> None:
         order = message.order
+        self._reconciled(order.order_id)
         self.active.pop(order.order_id, None)
         self.active_orders.pop(order.order_id, None)
         if order.status not in TERMINAL:
@@ -234,6 +250,16 @@ class Supervisor(RoleActor):
             return
         if report.state is not wire.BrokerOrderState.PLACED or report.filled_volume > order.filled_quantity + 1e-9:
             self._assign(Assign(order, news=report))
+        else:
+            self._reconciled(order.order_id)
+
+    def _reconciled(self, order_id: uuid.UUID) -> None:
+        """An order recovered at start is back in step with the broker."""
+        if order_id in self.reconciling:
+            self.reconciling.discard(order_id)
+            if not self.reconciling:
+                took = (datetime.now(UTC) - self.started_at).total_seconds()
+                log.info("recovery: every open order reconciled with the broker %.2fs after the state was loaded", took)
 
     def _revive(self, order_id: uuid.UUID, news: BrokerNews) -> None:
         if order_id in self.active:
@@ -281,7 +307,10 @@ class Supervisor(RoleActor):
         self.send(sender, Directory(self.peers, [*self.idle, *self.active.values()]))
 
     def doing(self) -> str:
-        return f"{len(self.active)} active, {len(self.resting)} resting, {len(self.waiting)} waiting orders"
+        return (
+            f"{len(self.active)} active, {len(self.resting)} resting, {len(self.waiting)} waiting, "
+            f"{len(self.reconciling)} reconciling orders"
+        )
 
     # --- housekeeping -------------------------------------------------------------------------------
 
@@ -294,10 +323,14 @@ class Supervisor(RoleActor):
         for order in list(self.resting.values()):
             if order.expires_at is not None and order.expires_at + EXPIRY_GRACE < now:
                 self.receiveMsg_CancelOrder(CancelOrder(order.order_id, "expired (system)"), self.myAddress)
+        self._sweep_resting()
+        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+
+    def _sweep_resting(self) -> None:
+        """Ask the broker about every resting order; the reports come back as BrokerUpdate."""
         resting = list(self.resting)
         for start in range(0, len(resting), STATUS_QUERY_CHUNK):
             self.send(self.peers.gateway, QueryBroker(resting[start : start + STATUS_QUERY_CHUNK]))
-        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
         if self.stopping:

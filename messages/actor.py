@@ -73,6 +73,13 @@ class Drained(msgspec.Struct, frozen=True):
 # --- signals --------------------------------------------------------------------------
 
 
+class Backpressure(msgspec.Struct, frozen=True):
+    """From the recorder to ingress: stop (or resume) taking signals."""
+
+    on: bool
+    reason: str
+
+
 class SignalReceived(msgspec.Struct, frozen=True):
     signal: TradingSignal
     subject: str
@@ -322,6 +329,8 @@ class Pong(msgspec.Struct, frozen=True):
     pid: int
     address: str
     doing: str = ""
+    # Messages sent since the actor started, by type.
+    sent: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class GetDirectory(msgspec.Struct, frozen=True):

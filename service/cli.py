@@ -97,10 +97,10 @@ class Client:
     def trace(self, key: uuid.UUID) -> str:
         entry: OrderDirectoryEntry = self.ask(self.supervisor, ShowOrder(key))
         history: History = self.ask(self.peers.recorder, GetHistory(entry.order_id))
-        if not history.events and entry.order is None:
+        known = entry.order or (history.events[-1].order if history.events else None)
+        if known is None:
             return f"no order known for {key}"
-        last = history.events[-1] if history.events else None
-        lines = [f"order     {entry.order_id}", f"signal    {(entry.order or last.order).signal_id if (entry.order or last) else '?'}"]
+        lines = [f"order     {known.order_id}", f"signal    {known.signal_id}"]
         if entry.active:
             state = self.ask(entry.actor, GetState(entry.order_id))
             alive = isinstance(state, OrderState)
@@ -110,7 +110,7 @@ class Client:
                 lines.append(f"live      {o.status.value}, {o.filled_quantity}/{o.quantity} filled, version {o.version} (asked of the actor)")
         else:
             where = "resting at the broker, no actor holds it" if entry.order is not None else "finished, no actor holds it"
-            address = entry.actor_address or (last.actor_address if last else "")
+            address = entry.actor_address or known.actor_address
             lines.append(f"actor     {address}  alive: no ({where})")
         lines += ["history:", history_table(history.events)]
         return "\n".join(lines)

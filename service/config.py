@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     auto_correct_positions: bool = False
     batch_size: int = 500
     batch_window_ms: int = 25
+    # Events held by the recorder (not yet in ClickHouse, or not yet confirmed by Kafka and
+    # NATS) beyond which ingress stops taking signals; they wait in JetStream meanwhile.
+    max_held_events: int = 50_000
     log_level: str = "INFO"
 
     @property

@@ -16,7 +16,7 @@ import msgspec
 from clickhouse_connect.driver.client import Client
 
 from messages.codec import encode
-from messages.order import Fill, Order, OrderEvent
+from messages.order import Fill, OrderEvent
 from messages.position import Position
 from service.logs import Log
 

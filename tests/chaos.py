@@ -7,10 +7,8 @@ Used by tests/test_fault_injection.py (CI) and, for a longer soak, from the comm
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -22,8 +20,7 @@ from signal import SIGKILL
 from typing import Any
 
 import msgspec
-from harness import INFRA, RunningSystem, signal, wait_until
-from ports import free_port
+from harness import KafkaServer, RunningSystem, signal, wait_until
 
 from messages import broker as wire
 from messages.actor import CancelOrder, Directory, GetDirectory, Ping, Pong, StoreOutage
@@ -180,25 +177,21 @@ def connector_silent(system: RunningSystem, rng: random.Random, load: Load) -> s
 
 
 class KafkaOutage:
-    """A Kafka broker of the scenario's own, stopped for a while and started again."""
+    """The scenario's own Kafka broker, stopped for a while and started again."""
 
     def __init__(self, run_dir: Path, outage_s: float) -> None:
         self.outage_s = outage_s
-        self.env = {**os.environ, "EXEC_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port())}
-        self._infra("up")
-        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
-
-    def _infra(self, action: str) -> None:
-        subprocess.run(["bash", str(INFRA), action, "kafka"], env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.server = KafkaServer(run_dir)
+        self.bootstrap = self.server.bootstrap
 
     def __call__(self, system: RunningSystem, rng: random.Random, load: Load) -> str:
-        self._infra("down")
+        self.server.stop()
         time.sleep(self.outage_s)
-        self._infra("up")
+        self.server.start()
         return f"Kafka stopped for {self.outage_s:.0f}s and started again"
 
     def stop(self) -> None:
-        self._infra("down")
+        self.server.stop()
 
 
 # --- the invariants -----------------------------------------------------------------------------

@@ -40,9 +40,10 @@ What it does:
 
 Simplified or missing, compared with a server:
 - The whole response is built before it is sent: no streaming, no progress headers, no
-  mid-stream exception tag. Responses are never compressed (``enable_http_compression``,
-  Accept-Encoding and ``compress`` are ignored; an uncompressed reply is valid HTTP for
-  clickhouse-connect).
+  mid-stream exception tag. Responses are never compressed (``enable_http_compression`` and
+  Accept-Encoding are ignored; an uncompressed reply is valid HTTP for clickhouse-connect);
+  ClickHouse's own block compression (``compress=1``, ``decompress=1``) fails with
+  NOT_IMPLEMENTED.
 - ``client_protocol_version`` is ignored, so clickhouse-connect's protocol probe falls back to
   protocol 0 (as it does on embedded chdb).
 - External data (file parts of a form) fails with NOT_IMPLEMENTED; query parameters are not
@@ -57,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import email.parser
 import email.policy
 import gzip
@@ -261,10 +263,8 @@ def execute(
     finally:
         for name, value, changed in saved_settings:
             literal = value if len(value) >= 2 and value[0] == value[-1] == "'" else _quote(value)
-            try:
+            with contextlib.suppress(Exception):  # e.g. readonly, set by the query itself
                 conn.query(f"SET {name} = {literal if changed else 'DEFAULT'}", "TSV")
-            except Exception:  # noqa: BLE001  a setting the query itself made invalid
-                pass
         # The request's database applies to this query only, unless the query was a USE.
         if saved_database is not None and saved_database != database and _scalar(conn, "SELECT currentDatabase()") == database:
             conn.query(f"USE {_quote_identifier(saved_database)}", "TSV")
@@ -314,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clickhouse-connect's pooled connections expect
     server: Server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
 
@@ -366,6 +366,11 @@ class Handler(BaseHTTPRequestHandler):
                 params.update(parse_form(body, content_type))
                 body = b""
             self._authenticate(params)
+            for name in ("compress", "decompress"):  # ClickHouse's own block compression
+                if params.get(name, "0") not in ("", "0"):
+                    raise ClickHouseError(
+                        48, f"Code: 48. DB::Exception: {name}=1 is not supported by this test server. (NOT_IMPLEMENTED)"
+                    )
             query = params.get("query", "")
             sql = (query.encode() + b"\n" if query else b"") + body
             bind = {name[6:]: value for name, value in params.items() if name.startswith("param_")}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from signal import SIGKILL, SIGTERM
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from signal import SIGKILL, SIGTERM
 from typing import Any, TypeVar
 
 import msgspec
@@ -75,6 +75,24 @@ class NatsServer:
     def restart(self) -> None:
         self.stop()
         subprocess.run(["bash", str(INFRA), "up", "nats"], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+
+class KafkaServer:
+    """A Kafka broker of its own (through deploy/local/infra.sh), for a test that stops it."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.env = {**os.environ, "EXEC_RUN_DIR": str(run_dir), "KAFKA_PORT": str(free_port()), "KAFKA_CONTROLLER_PORT": str(free_port())}
+        self.start()
+        self.bootstrap = f"127.0.0.1:{self.env['KAFKA_PORT']}"
+
+    def _infra(self, action: str) -> None:
+        subprocess.run(["bash", str(INFRA), action, "kafka"], env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._infra("up")
+
+    def stop(self) -> None:
+        self._infra("down")
 
 
 class NatsProbe:
