@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from thespian.actors import WakeupMessage
 
 from actors.base import RoleActor
@@ -83,7 +84,7 @@ MAX_UNKNOWN_REPORTS = 3
 
 
 def order_request(order: Order, settings: Settings, actor_address: str, at: datetime) -> wire.OrderRequest:
-    """The submitted status message, which is also MT5's order_send request."""
+    """The submitted status message (``order`` is submitted), which is also MT5's order_send request."""
     pending = order.order_type is not OrderType.MARKET
     if order.order_type is OrderType.STOP_LIMIT:
         price, stoplimit = order.stop_price, order.price
@@ -92,20 +93,7 @@ def order_request(order: Order, settings: Settings, actor_address: str, at: date
     else:
         price, stoplimit = (order.price if pending else order.expected_price), None
     return wire.OrderRequest(
-        order_id=order.order_id,
-        signal_id=order.signal_id,
-        status=OrderStatus.SUBMITTED,
-        symbol=order.symbol,
-        side=order.side,
-        order_type=order.order_type,
-        quantity=order.quantity,
-        filled_quantity=0.0,
-        average_fill_price=None,
-        broker_order_id=None,
-        reason=None,
-        actor_address=actor_address,
-        seq=order.version,
-        timestamp=at,
+        **msgspec.structs.asdict(OrderStatusMessage.of_order(order, actor_address, at)),
         action=TradeAction.PENDING if pending else TradeAction.DEAL,
         type=MT5_TYPES[(order.order_type, order.side)],
         volume=order.quantity,
@@ -147,10 +135,14 @@ class OrderActor(RoleActor):
         self.order = message.order
         self.unknown_reports = 0
         self.cancelling = False
-        self._log("info", "assigned (%s)", "revived" if message.reconcile else self.order.status.value)
+        if message.reconcile:
+            self._log("info", "revived at version %d: asking the broker", self.order.version)
         if self.order.version == 0:
             self._emit(EventKind.CREATED, detail="from signal")
-            self._start()
+            if message.reconcile:
+                self._query_broker()  # revived before anything was recorded: it may be out already
+            else:
+                self._start()
         else:
             self.send(self.peers.gateway, Route(self.order.order_id))
             if message.news is not None:
@@ -241,6 +233,8 @@ class OrderActor(RoleActor):
     def _on_report(self, report: wire.BrokerOrderReport) -> None:
         """Fold the broker's whole truth about the order (state and every deal) into ours."""
         assert self.order is not None
+        if self.order.status is OrderStatus.PENDING and report.state is not wire.BrokerOrderState.UNKNOWN:
+            self._emit(EventKind.SUBMITTED, detail="the broker has it: it was sent before this actor took over")
         if self.order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED):
             self._emit(
                 EventKind.QUERIED,
@@ -329,7 +323,6 @@ class OrderActor(RoleActor):
     def _apply(self, event: OrderEvent) -> None:
         self.order = event.order
         self.pending_events.append(event)
-        self._log("info", "%s -> %s%s", event.kind.value, event.status.value, f" ({event.detail})" if event.detail else "")
 
     def _resting(self) -> bool:
         return self.order is not None and not self.cancelling and is_resting(self.order)
@@ -338,6 +331,9 @@ class OrderActor(RoleActor):
         """Record what happened; give the order back when it is terminal or resting, else
         make sure a timer will ask the broker if nothing more is heard."""
         if self.pending_events:
+            # One log line for what one message did (each line is a message to Thespian's logger).
+            steps = "; ".join(f"{e.kind.value} -> {e.status.value}{f' ({e.detail})' if e.detail else ''}" for e in self.pending_events)
+            self._log("info", "%s", steps)
             self.send(self.peers.recorder, Record(self.pending_events))
             self.pending_events = []
         if self.order is None:

@@ -228,7 +228,7 @@ class Recorder(RoleActor):
             assert self.store is not None
             history = self.store.history(message.order_id)
             order = history[-1].order if history else None
-        self.send(sender, Rehydrated(order, message.news))
+        self.send(sender, Rehydrated(message.order_id, order, message.news))
 
     def receiveMsg_GetHistory(self, message: GetHistory, sender: Any) -> None:
         assert self.store is not None

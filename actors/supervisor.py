@@ -126,6 +126,8 @@ class Supervisor(RoleActor):
         self.drain_asker: Any = None
         self.stopping = False
         self.starter: Any = None
+        # Orders whose actor died, as they were last assigned, until revived.
+        self.reviving: dict[uuid.UUID, Order] = {}
         # Orders recovered at start and not yet confirmed with the broker.
         self.reconciling: set[uuid.UUID] = set()
         self.started_at = datetime.now(UTC)
@@ -270,10 +272,16 @@ class Supervisor(RoleActor):
             self.send(self.peers.recorder, Rehydrate(order_id, news))
 
     def receiveMsg_Rehydrated(self, message: Rehydrated, sender: Any) -> None:
-        if message.order is None:
+        """Revive from the latest of what was recorded and what this supervisor last handed
+        out (an actor may die before anything of its order was recorded)."""
+        order = message.order
+        assigned = self.reviving.pop(message.order_id, None)
+        if assigned is not None and (order is None or assigned.version > order.version):
+            order = assigned
+        if order is None:
             log.error("broker news for an order never recorded here: %s", message.news)
             return
-        self._assign(Assign(message.order, reconcile=True, news=message.news))
+        self._assign(Assign(order, reconcile=True, news=message.news))
 
     # --- operator commands and tracing ----------------------------------------------------------------
 
@@ -333,9 +341,15 @@ class Supervisor(RoleActor):
             self.send(self.peers.gateway, QueryBroker(resting[start : start + STATUS_QUERY_CHUNK]))
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
-        if self.stopping:
+        if not self.stopping:
+            self._child_died(message.childAddress)
+
+    def _child_died(self, dead: Any) -> None:
+        """Replace a dead child; a dead OrderActor's order is revived from its last record.
+        Called for ChildActorExited and for the first letter that could not reach a child
+        (when two children die at once, Thespian may report only one of them)."""
+        if any(address == dead for address, _ in self.retired):
             return
-        dead = message.childAddress
         for role in ROLES:
             if getattr(self.peers, role) == dead:
                 log.error("%s died: restarting it", role)
@@ -344,6 +358,8 @@ class Supervisor(RoleActor):
                 self.send(getattr(self.peers, role), Configure(self.settings, self.peers))
                 self._broadcast_peers()
                 return
+        if not any(actor == dead for actor in [*self.idle, *self.active.values()]):
+            return  # not a child of ours (any more)
         self.pool_size -= 1
         self.retired.append((dead, "order"))
         self.idle = [actor for actor in self.idle if actor != dead]
@@ -351,7 +367,7 @@ class Supervisor(RoleActor):
             if actor == dead:
                 log.error("the actor of order %s died: reviving the order", order_id)
                 del self.active[order_id]
-                self.active_orders.pop(order_id, None)
+                self.reviving[order_id] = self.active_orders.pop(order_id)
                 self.send(self.peers.recorder, Rehydrate(order_id))
         while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
             self.idle.append(self._new_order_actor())
@@ -359,6 +375,9 @@ class Supervisor(RoleActor):
     def receiveMsg_DeadEnvelope(self, message: DeadEnvelope, sender: Any) -> None:
         """Whoever handed something to an actor that has died meanwhile: it goes to the actor
         that replaced it, so nothing is dropped on the floor."""
+        if self.stopping:
+            return
+        self._child_died(message.deadAddress)
         role = next((role for address, role in self.retired if address == message.deadAddress), None)
         letter = message.deadMessage
         if role in ROLES:
@@ -367,7 +386,9 @@ class Supervisor(RoleActor):
             self._revive(letter.order_id, letter.news)
         elif role == "order" and isinstance(letter, CancelOrder):
             self.receiveMsg_CancelOrder(letter, sender)
-        elif not self.stopping:
+        elif role == "order" and isinstance(letter, Assign):
+            pass  # its order is being revived on another actor
+        else:
             log.warning("undeliverable %s to %s", type(letter).__name__, message.deadAddress)
 
     # --- shutdown -------------------------------------------------------------------------------------

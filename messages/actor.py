@@ -287,6 +287,7 @@ class Rehydrate(msgspec.Struct, frozen=True):
 
 
 class Rehydrated(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
     order: Order | None
     news: BrokerNews | None
 
