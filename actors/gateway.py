@@ -52,10 +52,11 @@ REQUEST_TIMEOUT_S = 2.0
 
 
 class Inbound(msgspec.Struct):
-    """News decoded on the loop, handed to the actor thread for routing (never crosses processes)."""
+    """One fetch of news decoded on the loop, handed to the actor thread for routing, and the
+    deliveries to acknowledge once routed (never crosses processes)."""
 
-    news: BrokerNews
-    ack: Any
+    news: list[BrokerNews]
+    deliveries: list[Any]
 
 
 class BrokerGateway(LoopActor):
@@ -80,7 +81,7 @@ class BrokerGateway(LoopActor):
             "broker.>",
             durable=f"{self.settings.stream_prefix}_gateway",
             stream=f"{self.settings.stream_prefix}_BROKER",
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30),
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=10),
         )
         self.deliver(configurer, Ready("gateway"))
         while True:
@@ -92,28 +93,34 @@ class BrokerGateway(LoopActor):
                 log.warning("broker consumer fetch failed: %s", exc)
                 await asyncio.sleep(0.2)
                 continue
+            news = []
             for msg in batch:
-                kind = msg.subject.split(".")[1]
                 try:
-                    news = decode(msg.data, NEWS_KINDS[kind])
+                    news.append(decode(msg.data, NEWS_KINDS[msg.subject.split(".")[1]]))
                 except (ContractError, KeyError) as exc:
                     log.error("unreadable broker message on %s: %s", msg.subject, exc)
-                    await msg.term()
-                    continue
-                self.deliver(None, Inbound(news, msg.ack))
+            self.deliver(None, Inbound(news, batch))
 
     # --- routing news --------------------------------------------------------------------
 
     def receiveMsg_Inbound(self, message: Inbound, sender: Any) -> None:
-        news = message.news
-        order_id = getattr(news, "order_id", None)
-        if order_id is None:
-            # A deal with no order of ours behind it: an SL/TP/stop-out close at the broker.
-            assert isinstance(news, wire.BrokerFill)
-            self.send(self.peers.recorder, RecordDeals([fill_of(news, None, SYMBOLS[news.symbol])]))
-        else:
-            self._route(BrokerUpdate(order_id, news))
-        self.spawn(message.ack())
+        closes = []
+        for news in message.news:
+            order_id = getattr(news, "order_id", None)
+            if order_id is None:
+                # A deal with no order of ours behind it: an SL/TP/stop-out close at the broker.
+                assert isinstance(news, wire.BrokerFill)
+                closes.append(fill_of(news, None, SYMBOLS[news.symbol]))
+            else:
+                self._route(BrokerUpdate(order_id, news))
+        if closes:
+            self.send(self.peers.recorder, RecordDeals(closes))
+
+        async def ack_all() -> None:
+            for msg in message.deliveries:
+                await msg.ack()  # an unreadable one too: it would never read better
+
+        self.spawn(ack_all())
 
     def _route(self, update: BrokerUpdate) -> None:
         actor = self.routes.get(update.order_id)

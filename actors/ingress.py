@@ -26,9 +26,9 @@ from messages.actor import (
     CrossChecked,
     Peers,
     Ready,
-    SignalReceived,
     SignalsDurable,
     SignalSettled,
+    SignalsReceived,
 )
 from messages.codec import ContractError, decode, encode
 from messages.order import DeadLetter
@@ -40,15 +40,15 @@ from service.streams import connect_nats, ensure_streams
 
 log = Log(__name__)
 
-ACK_WAIT_S = 60
+# A delivery not acknowledged within this comes again (e.g. after ingress was killed).
+ACK_WAIT_S = 10
 
 
 class Accepted(msgspec.Struct):
-    """A valid signal handed from the loop to the actor thread (never crosses processes)."""
+    """The valid signals of one fetch, with their deliveries, handed from the loop to the
+    actor thread (never crosses processes)."""
 
-    signal: TradingSignal
-    subject: str
-    msg: Any
+    signals: list[tuple[TradingSignal, Any]]
 
 
 class Ingress(LoopActor):
@@ -56,7 +56,7 @@ class Ingress(LoopActor):
         super().__init__()
         # signal_id -> deliveries waiting for their acknowledgement
         self.unacked: dict[uuid.UUID, list[Any]] = {}
-        self.checking: dict[uuid.UUID, Accepted] = {}
+        self.checking: dict[uuid.UUID, TradingSignal] = {}
         # Set by the recorder's backpressure; read by the consumer loop.
         self.paused = threading.Event()
 
@@ -93,18 +93,20 @@ class Ingress(LoopActor):
                 log.warning("signal consumer fetch failed: %s", exc)
                 await asyncio.sleep(0.2)
                 continue
-            for msg in batch:
-                await self._validate(msg)
+            valid = [(signal, msg) for msg in batch if (signal := await self._validate(msg)) is not None]
+            if valid:
+                self.deliver(None, Accepted(valid))
 
-    async def _validate(self, msg: Any) -> None:
+    async def _validate(self, msg: Any) -> TradingSignal | None:
+        """The signal, or None after dead-lettering it with the reason."""
         subject_symbol = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else None
         try:
             signal = decode(msg.data, TradingSignal)
             check_executable(signal, subject_symbol, SYMBOLS)
         except (ContractError, SignalRefused) as refused:
             await self._dead_letter(msg, refused.reason, refused.detail, getattr(refused, "field", None))
-            return
-        self.deliver(None, Accepted(signal, msg.subject, msg))
+            return None
+        return signal
 
     async def _dead_letter(self, msg: Any, reason: str, detail: str, field: str | None) -> None:
         log.warning("signal refused on %s: %s: %s", msg.subject, reason, detail)
@@ -122,29 +124,30 @@ class Ingress(LoopActor):
     # --- on the actor thread ------------------------------------------------------------------
 
     def receiveMsg_Accepted(self, message: Accepted, sender: Any) -> None:
-        signal_id = message.signal.signal_id
-        waiting = self.unacked.get(signal_id)
-        self.unacked.setdefault(signal_id, []).append(message.msg)
-        if waiting:
-            return  # a redelivery of a signal already on its way: acknowledged with the first
+        fresh = []
+        for signal, msg in message.signals:
+            waiting = self.unacked.get(signal.signal_id)
+            self.unacked.setdefault(signal.signal_id, []).append(msg)
+            if not waiting:  # else a redelivery of a signal on its way: acknowledged with the first
+                fresh.append(signal)
+        if not fresh:
+            return
         if self.settings.cross_check_trading_signals:
-            self.checking[signal_id] = message
-            self.send(self.peers.recorder, CrossCheck([signal_id]))
+            self.checking.update({signal.signal_id: signal for signal in fresh})
+            self.send(self.peers.recorder, CrossCheck([signal.signal_id for signal in fresh]))
         else:
-            self.send(self.peers.supervisor, SignalReceived(message.signal, message.subject))
+            self.send(self.peers.supervisor, SignalsReceived(fresh))
 
     def receiveMsg_CrossChecked(self, message: CrossChecked, sender: Any) -> None:
         found = set(message.found)
-        for signal_id in message.asked:
-            accepted = self.checking.pop(signal_id)
-            if signal_id in found:
-                self.send(self.peers.supervisor, SignalReceived(accepted.signal, accepted.subject))
-            else:
-                deliveries = self.unacked.pop(signal_id, [])
-                for msg in deliveries:
-                    self.spawn(
-                        self._dead_letter(msg, "not_in_trading_signals", f"signal {signal_id} is not an approved row of trading_signals", None)
-                    )
+        checked = [self.checking.pop(signal_id) for signal_id in message.asked]
+        if confirmed := [signal for signal in checked if signal.signal_id in found]:
+            self.send(self.peers.supervisor, SignalsReceived(confirmed))
+        for signal in checked:
+            if signal.signal_id not in found:
+                for msg in self.unacked.pop(signal.signal_id, []):
+                    detail = f"signal {signal.signal_id} is not an approved row of trading_signals"
+                    self.spawn(self._dead_letter(msg, "not_in_trading_signals", detail, None))
 
     def receiveMsg_Backpressure(self, message: Backpressure, sender: Any) -> None:
         if message.on:
@@ -158,12 +161,17 @@ class Ingress(LoopActor):
         return f"{'paused' if self.paused.is_set() else 'consuming'}, {len(self.unacked)} signals awaiting their record"
 
     def receiveMsg_SignalsDurable(self, message: SignalsDurable, sender: Any) -> None:
-        for signal_id in message.signal_ids:
-            self._ack(signal_id)
+        self._ack(message.signal_ids)
 
     def receiveMsg_SignalSettled(self, message: SignalSettled, sender: Any) -> None:
-        self._ack(message.signal_id)
+        self._ack([message.signal_id])
 
-    def _ack(self, signal_id: uuid.UUID) -> None:
-        for msg in self.unacked.pop(signal_id, []):
-            self.spawn(msg.ack())
+    def _ack(self, signal_ids: list[uuid.UUID]) -> None:
+        deliveries = [msg for signal_id in signal_ids for msg in self.unacked.pop(signal_id, [])]
+
+        async def ack_all() -> None:
+            for msg in deliveries:
+                await msg.ack()
+
+        if deliveries:
+            self.spawn(ack_all())

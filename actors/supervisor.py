@@ -52,8 +52,8 @@ from messages.actor import (
     Rehydrated,
     Released,
     ShowOrder,
-    SignalReceived,
     SignalSettled,
+    SignalsReceived,
     Start,
     Started,
     StateLoaded,
@@ -149,6 +149,8 @@ class Supervisor(RoleActor):
             self.send(self.peers.recorder, LoadState(self.settings.idempotency_window_hours))
         elif message.role in self.awaiting_ready:
             self.awaiting_ready.discard(message.role)
+            if message.role == "gateway":
+                self._sweep_resting()  # the broker can be asked about recovered orders now
             if not self.awaiting_ready and self.peers.ingress is None:
                 self._start_ingress()
         elif message.role == "ingress" and self.starter is not None:
@@ -177,7 +179,6 @@ class Supervisor(RoleActor):
                 self.resting[order.order_id] = order
             else:
                 self._assign(Assign(order, reconcile=True))
-        self._sweep_resting()
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
     def _start_ingress(self) -> None:
@@ -201,16 +202,16 @@ class Supervisor(RoleActor):
 
     # --- signals -------------------------------------------------------------------------------
 
-    def receiveMsg_SignalReceived(self, message: SignalReceived, sender: Any) -> None:
-        signal = message.signal
-        if signal.signal_id in self.known:
-            order_id, _ = self.known[signal.signal_id]
-            log.info("signal %s already gave order %s: duplicate ignored", signal.signal_id, order_id)
-            self.send(sender, SignalSettled(signal.signal_id))
-            return
-        order = order_from_signal(signal, self.settings)
-        self.known[signal.signal_id] = (order.order_id, datetime.now(UTC))
-        self._assign(Assign(order))
+    def receiveMsg_SignalsReceived(self, message: SignalsReceived, sender: Any) -> None:
+        for signal in message.signals:
+            if signal.signal_id in self.known:
+                order_id, _ = self.known[signal.signal_id]
+                log.info("signal %s already gave order %s: duplicate ignored", signal.signal_id, order_id)
+                self.send(sender, SignalSettled(signal.signal_id))
+                continue
+            order = order_from_signal(signal, self.settings)
+            self.known[signal.signal_id] = (order.order_id, datetime.now(UTC))
+            self._assign(Assign(order))
 
     # --- the pool -----------------------------------------------------------------------------
 

@@ -80,9 +80,10 @@ class Backpressure(msgspec.Struct, frozen=True):
     reason: str
 
 
-class SignalReceived(msgspec.Struct, frozen=True):
-    signal: TradingSignal
-    subject: str
+class SignalsReceived(msgspec.Struct, frozen=True):
+    """Valid signals of one fetch from JetStream, in order (one message for many)."""
+
+    signals: list[TradingSignal]
 
 
 class SignalSettled(msgspec.Struct, frozen=True):
