@@ -212,10 +212,13 @@ def run(quick: bool, output: Path, log_level: str) -> dict[str, Any]:
 
         print("capacity and recovery", flush=True)
         results.update(capacity_and_recovery(system, quick))
+    except Exception as exc:  # the figures measured so far are still worth printing
+        results["error"] = repr(exc)
+        print(f"benchmark stopped: {exc!r}", flush=True)
     finally:
         system.close()
         kafka.stop()
-    output.write_text(json.dumps(results, indent=2))
+    output.write_text(json.dumps(results, indent=2, default=str))
     return results
 
 

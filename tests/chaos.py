@@ -382,6 +382,10 @@ def run_scenario(
         system.close()
 
 
+# What the pytest run collected, for its closing summary (conftest.py prints it).
+OUTCOMES: list[Outcome] = []
+
+
 def summary(outcomes: list[Outcome]) -> str:
     from service.cli import table
 

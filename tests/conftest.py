@@ -26,6 +26,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -194,3 +195,10 @@ def offline_settings(tmp_path_factory: pytest.TempPathFactory, stream_prefix: st
         tmp_path_factory, stream_prefix,
         nats_url=f"nats://127.0.0.1:{free_port()}", kafka_bootstrap=f"127.0.0.1:{free_port()}",
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault-injection suite's table of scenarios, faults and invariants, when it ran."""
+    suite = sys.modules.get("test_fault_injection")
+    for line in suite.summary_for_terminal() if suite is not None else []:
+        terminalreporter.write_line(line)

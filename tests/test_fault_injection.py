@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chaos import KafkaOutage, Outcome, run_scenario, scenarios, summary
+from chaos import OUTCOMES, KafkaOutage, Outcome, run_scenario, scenarios, summary
 
 SEED = int(os.environ.get("EXEC_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
 SIGNALS = int(os.environ.get("EXEC_CHAOS_SIGNALS", "120"))
@@ -22,14 +21,16 @@ KAFKA_OUTAGE_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def outcomes(request: pytest.FixtureRequest) -> Iterator[list[Outcome]]:
-    collected: list[Outcome] = []
-    yield collected
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and collected:
-        reporter.write_line(f"\nfault injection, seed {SEED} (replay with EXEC_CHAOS_SEED={SEED}):")
-        for line in summary(collected).splitlines():
-            reporter.write_line(line)
+def outcomes() -> list[Outcome]:
+    """Collected for the summary table that conftest prints at the end of the run."""
+    OUTCOMES.clear()
+    return OUTCOMES
+
+
+def summary_for_terminal() -> list[str]:
+    if not OUTCOMES:
+        return []
+    return [f"fault injection, seed {SEED} (replay with EXEC_CHAOS_SEED={SEED}):", *summary(OUTCOMES).splitlines()]
 
 
 @pytest.mark.parametrize("name", list(scenarios()))
