@@ -180,6 +180,12 @@ class Recorder(RoleActor):
     def _flush(self) -> None:
         if not len(self.held):
             return
+        if any(getattr(self.peers, role) is None for role in (*SINKS, "positions", "ingress")):
+            # Replaying a predecessor's outbox while the tree is still being built: the
+            # batch goes once everyone it is handed to exists.
+            self.flush_scheduled = True
+            self.wakeupAfter(timedelta(milliseconds=self.settings.batch_window_ms))
+            return
         assert self.store is not None
         batch = self.held
         try:

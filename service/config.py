@@ -43,7 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     reconcile_interval_s: float = 30.0
     auto_correct_positions: bool = False
     batch_size: int = 500
-    batch_window_ms: int = 100
+    batch_window_ms: int = 50
     # Events held by the recorder (not yet in ClickHouse, or not yet confirmed by Kafka and
     # NATS) beyond which ingress stops taking signals; they wait in JetStream meanwhile.
     max_held_events: int = 50_000

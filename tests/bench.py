@@ -250,7 +250,7 @@ def throughput(system: RunningSystem, watch: Watch, quick: bool) -> dict[str, An
     steps: list[dict[str, Any]] = []
     seconds = 5 if quick else 10
     best = 0.0
-    for rate in (200, 300, 400, 500, 600, 800, 1000):
+    for rate in (100, 150, 200, 300, 400, 500, 600, 800):
         batch = market_signals(system, rate * seconds)
         ids = [str(order_id_for(uuid.UUID(s["signal_id"]))) for s in batch]
         took = watch.publish(batch, rate)
