@@ -140,10 +140,13 @@ class BrokerGateway(LoopActor):
         self.spawn(self._publish_request(request, message.pending))
 
     async def _publish_request(self, request: wire.OrderRequest, pending: OrderStatusMessage | None) -> None:
+        # Both go out at once, in this order on the one connection; their acks are awaited together.
+        publishes = []
         if pending is not None:
-            await self._publish(f"orders.pending.{pending.symbol}", pending, f"{pending.order_id}:{pending.seq}")
+            publishes.append(self._publish(f"orders.pending.{pending.symbol}", pending, f"{pending.order_id}:{pending.seq}"))
         # The order_id as message id: JetStream drops a resend of the same order.
-        await self._publish(f"orders.submitted.{request.symbol}", request, str(request.order_id))
+        publishes.append(self._publish(f"orders.submitted.{request.symbol}", request, str(request.order_id)))
+        await asyncio.gather(*publishes)
 
     async def _publish(self, subject: str, message: msgspec.Struct, message_id: str) -> None:
         backoff = 0.1

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import os
 import queue
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any
@@ -24,6 +25,8 @@ from service.logs import Log
 
 log = Log(__name__)
 
+SWITCH_INTERVAL_S = 0.0005
+
 
 class LoopActor(RoleActor):
     """Base for actors that do asyncio I/O. Call ``start_loop`` once, when configured."""
@@ -31,6 +34,9 @@ class LoopActor(RoleActor):
     loop: asyncio.AbstractEventLoop | None = None
 
     def start_loop(self) -> None:
+        # Two threads share the GIL here; the default 5 ms switch interval would make every
+        # hand-over between the actor thread and the loop wait that long under load.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._outbox: queue.SimpleQueue[tuple[Any, Any]] = queue.SimpleQueue()
