@@ -104,7 +104,10 @@ def order_request(order: Order, settings: Settings, actor_address: str, at: date
         deviation=settings.deviation_points,
         type_time=MT5_TIME[order.time_in_force],
         expiration=order.expires_at,
-        type_filling=Filling.RETURN,
+        # A market order takes what the book gives within the deviation and cancels the rest
+        # (its remainder would otherwise wait at the broker with nothing to trigger it); a
+        # pending order keeps working until it is filled, cancelled or expires.
+        type_filling=Filling.RETURN if pending else Filling.IOC,
         magic=settings.magic,
         comment=order.order_id.hex[:31],
         position=order.close_position,
@@ -119,6 +122,8 @@ class OrderActor(RoleActor):
         self.unknown_reports = 0
         # A cancel sent to the broker keeps the order active until the broker answers it.
         self.cancelling = False
+        # Status queries in a row that brought nothing new.
+        self.quiet_queries = 0
 
     @property
     def address(self) -> str:
@@ -135,6 +140,7 @@ class OrderActor(RoleActor):
         self.order = message.order
         self.unknown_reports = 0
         self.cancelling = False
+        self.quiet_queries = 0
         if message.reconcile:
             self._log("info", "revived at version %d: asking the broker", self.order.version)
         if self.order.version == 0:
@@ -235,7 +241,7 @@ class OrderActor(RoleActor):
         assert self.order is not None
         if self.order.status is OrderStatus.PENDING and report.state is not wire.BrokerOrderState.UNKNOWN:
             self._emit(EventKind.SUBMITTED, detail="the broker has it: it was sent before this actor took over")
-        if self.order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED):
+        if self.order.status in AWAITING_BROKER and self._news_in(report):
             self._emit(
                 EventKind.QUERIED,
                 detail=f"broker reports {report.state.value}, {report.filled_volume}/{report.volume} in {len(report.deals)} deals",
@@ -257,6 +263,15 @@ class OrderActor(RoleActor):
             reason = f"{report.retcode} {report.comment}"
             self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
 
+    def _news_in(self, report: wire.BrokerOrderReport) -> bool:
+        """Whether the report tells more than we know (a query that changes nothing is not an event)."""
+        assert self.order is not None
+        if any(deal.deal not in self.order.deals for deal in report.deals):
+            return True
+        if report.state is wire.BrokerOrderState.PLACED:
+            return self.order.broker_order_id is None
+        return report.state is not wire.BrokerOrderState.PARTIALLY_FILLED
+
     def _on_unknown_at_broker(self) -> None:
         assert self.order is not None
         self.unknown_reports += 1
@@ -271,15 +286,18 @@ class OrderActor(RoleActor):
     # --- timers and operator commands -------------------------------------------------------------
 
     def _arm_timer(self) -> None:
-        """A timer bound to the order's current version: any later event makes it moot."""
+        """A timer bound to the order's current version: any later event makes it moot. Asking
+        again and hearing nothing new doubles the wait, up to 32 times the timeout."""
         assert self.order is not None
-        self.wakeupAfter(timedelta(seconds=self.settings.broker_timeout_s), payload=(self.order.order_id, self.order.version))
+        wait = self.settings.broker_timeout_s * 2 ** min(self.quiet_queries, 5)
+        self.wakeupAfter(timedelta(seconds=wait), payload=(self.order.order_id, self.order.version))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if self.order is None or message.payload != (self.order.order_id, self.order.version):
             return  # something happened since the timer was set
         if self.order.status in AWAITING_BROKER and not self._resting():
-            self._log("warning", "no news from the broker for %.1fs: asking", self.settings.broker_timeout_s)
+            self._log("warning", "no news from the broker since version %d: asking", self.order.version)
+            self.quiet_queries += 1
             self._query_broker()
             self._arm_timer()
 
@@ -323,6 +341,7 @@ class OrderActor(RoleActor):
     def _apply(self, event: OrderEvent) -> None:
         self.order = event.order
         self.pending_events.append(event)
+        self.quiet_queries = 0
 
     def _resting(self) -> bool:
         return self.order is not None and not self.cancelling and is_resting(self.order)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -368,7 +369,8 @@ def run_scenario(
             try:
                 results = check_invariants(system, load, started)
             except Exception as exc:  # a server still coming back
-                results = {"checking": f"FAILED: {exc!r}"}
+                where = next((f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename.endswith(("chaos.py", "harness.py"))), "?")
+                results = {"checking": f"FAILED: {exc!r} in {where}"}
             return all(v.startswith("ok") for v in results.values())
 
         try:
