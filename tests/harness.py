@@ -165,7 +165,15 @@ class RunningSystem:
     """The service as production runs it (``python -m service.cli run``, its own process group),
     beside the simulated connector; the test talks to it as a client of its actor system."""
 
-    def __init__(self, tmp: Path, kafka_bootstrap: str, sim_env: dict[str, str] | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        kafka_bootstrap: str,
+        sim_env: dict[str, str] | None = None,
+        prepare: Callable[[Settings], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        """``prepare`` runs before the service starts (it may write to the store then)."""
         self.tmp = tmp
         self.nats = NatsServer(tmp / "nats-run")
         self.settings: Settings = load_settings(
@@ -184,6 +192,8 @@ class RunningSystem:
         self.sim: subprocess.Popen[bytes] | None = None
         self.launcher: subprocess.Popen[bytes] | None = None
         try:
+            if prepare is not None:
+                prepare(self.settings)
             self.start_simulator()
             self.start_service()
         except BaseException:
