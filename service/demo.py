@@ -43,9 +43,10 @@ def demo_signals(quotes: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     eur, jpy, gold, gbp, aud = (quotes[s] for s in ("EURUSD", "USDJPY", "XAUUSD", "GBPUSD", "AUDUSD"))
     first = signal("EURUSD", "buy", 0.10, eur.ask, stop_loss=round(eur.ask - 0.0030, 5), take_profit=round(eur.ask + 0.0060, 5))
     return [
+        # Gold first: it moves fastest, and its price is read before anything is sent.
+        ("market buy, gold", signal("XAUUSD", "buy", 0.05, gold.ask)),
         ("market buy with SL/TP", first),
         ("market sell", signal("USDJPY", "sell", 0.50, jpy.bid)),
-        ("market buy, gold", signal("XAUUSD", "buy", 0.05, gold.ask)),
         ("larger than the touch: partial fills", signal("GBPUSD", "buy", 8.0, gbp.ask)),
         ("limit buy below the market: rests", signal("EURUSD", "buy", 0.20, round(eur.bid - 0.0015, 5), order_type="limit")),
         ("sell stop below the market: rests", signal("AUDUSD", "sell", 0.30, round(aud.bid - 0.0020, 5), order_type="stop")),

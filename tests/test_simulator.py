@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_simulator_book import PENDING  # the same cases, here over NATS
 
 from messages.broker import (
     CANCEL_SUBJECT,
@@ -125,17 +126,6 @@ def test_market_orders_fill_at_the_touch_durably_with_a_msg_id_per_deal(nats_url
             assert consumer.num_ack_pending == 0 and consumer.num_pending == 0
 
     asyncio.run(scenario())
-
-
-PENDING = [
-    # type, price, stoplimit, quotes that must not fill, quote that fills, fill price
-    (T.BUY_LIMIT, 1.09950, None, [(1.09945, 1.09955)], (1.09940, 1.09950), 1.09950),
-    (T.SELL_LIMIT, 1.10100, None, [(1.10095, 1.10105)], (1.10100, 1.10110), 1.10100),
-    (T.BUY_STOP, 1.10100, None, [(1.10080, 1.10090)], (1.10095, 1.10105), 1.10105),
-    (T.SELL_STOP, 1.09900, None, [(1.09910, 1.09920)], (1.09895, 1.09905), 1.09895),
-    (T.BUY_STOP_LIMIT, 1.10100, 1.10050, [(1.10030, 1.10040), (1.10090, 1.10100), (1.10060, 1.10070)], (1.10040, 1.10050), 1.10050),
-    (T.SELL_STOP_LIMIT, 1.09900, 1.09950, [(1.09960, 1.09970), (1.09900, 1.09910), (1.09930, 1.09940)], (1.09950, 1.09960), 1.09950),
-]
 
 
 @pytest.mark.parametrize(("order_type", "price", "stoplimit", "idle", "crossing", "fill_price"), PENDING)
