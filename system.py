@@ -1,35 +1,57 @@
 """Wires the service together: the Thespian actor system, the actor tree, and its lifetime.
 
-``start`` brings up a multiprocTCPBase actor system on the configured admin port (each test
+``Service`` brings up a multiprocTCPBase actor system on the configured admin port (each test
 its own) and the supervisor, which builds the rest of the tree and answers once signals can
 flow. ``stop`` drains (held writes are flushed) and shuts the actor system down: an admin
 left running would keep serving the code it loaded first.
+
+One service per admin port and per run_dir. ``claim`` makes sure of it before a start, and a
+launcher records its actor system's session in ``run_dir/launcher.json``, so that what a dead
+launcher left behind can be told from a live service and cleared. A launcher stops the tree
+however it is stopped: SIGTERM, SIGINT, SIGHUP or its parent's death drain and stop it, and
+if it is SIGKILLed the watchdog actor stops the tree it left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
-import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from thespian.actors import ActorSystem
+import msgspec
+from thespian.actors import ActorSystem, InvalidActorAddress
 
 from actors.supervisor import Supervisor
-from messages.actor import Drain, Drained, Ping, Pong, Start, Started
+from actors.watchdog import Watchdog
+from messages.actor import Drain, Drained, GetPeers, Peers, Ping, Pong, Start, Started, Watch
 from service.config import Settings
+from service.processes import die_with_parent, kill_session, own_start, session_members, started_at
 
 log = logging.getLogger("execution-service")
 
 SUPERVISOR_NAME = "execution-supervisor"
+WATCHDOG_NAME = "execution-watchdog"
 START_TIMEOUT_S = 120
 HEALTH_INTERVAL_S = 1.0
 MISSED_PINGS = 3
 DRAIN_TIMEOUT_S = 60
+JOIN_TIMEOUT_S = 3.0
+EXIT_TIMEOUT_S = 10.0
+RECORD = "launcher.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+T = TypeVar("T")
+
+
+class Refused(Exception):
+    """A command cannot do what it was asked; the message says why, in one line."""
 
 
 def log_defs(settings: Settings) -> dict[str, Any]:
@@ -48,22 +70,218 @@ def log_defs(settings: Settings) -> dict[str, Any]:
     }
 
 
+# --- stop signals ---------------------------------------------------------------------------
+
+
+class StopSignals:
+    """SIGTERM, SIGINT, SIGHUP and the death of the launcher's parent (delivered as SIGHUP)
+    all stop a launcher as Ctrl-C does: KeyboardInterrupt in the main thread, once. Any later
+    one is ignored, so the drain that follows is not cut short."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.deferring = False
+        self.stopping = False
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._received)
+        # The Thespian admin is forked from the launcher: it must not inherit these handlers.
+        os.register_at_fork(after_in_child=self._restore_defaults)
+        die_with_parent(signal.SIGHUP)
+
+    def _received(self, signum: int, frame: Any) -> None:
+        if self.stopping or self.received is not None:
+            return
+        self.received = signal.Signals(signum).name
+        if not self.deferring:
+            raise KeyboardInterrupt(self.received)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A stop signal waits for the end of the block."""
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.received is not None and not self.stopping:
+            raise KeyboardInterrupt(self.received)
+
+    def ignore(self) -> None:
+        """The launcher is stopping: from now on a stop signal changes nothing."""
+        self.stopping = True
+
+    @staticmethod
+    def _restore_defaults() -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+# --- the launcher's record, and making way for a start ----------------------------------------
+
+
+class LauncherRecord(msgspec.Struct, frozen=True):
+    """Which launcher runs the actor system of a run_dir, and the system's session."""
+
+    pid: int
+    started: int  # the launcher's start time: a pid alone may have been reused
+    admin_port: int
+    session: int
+
+    @property
+    def launcher_alive(self) -> bool:
+        # A launcher that re-executed itself (the restart of a dead tree) is its own successor.
+        return self.pid != os.getpid() and started_at(self.pid) == self.started
+
+
+def record_path(settings: Settings) -> Path:
+    return Path(settings.run_dir) / RECORD
+
+
+def read_record(settings: Settings) -> LauncherRecord | None:
+    with contextlib.suppress(OSError, msgspec.DecodeError):
+        return msgspec.json.decode(record_path(settings).read_bytes(), type=LauncherRecord)
+    return None
+
+
+def admin_port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def chdb_holder(settings: Settings) -> str | None:
+    """Who holds the lock of the embedded ClickHouse in run_dir, if anyone ("PID: n")."""
+    status = Path(settings.run_dir) / "chdb" / "status"
+    if settings.clickhouse_dsn or not status.exists():
+        return None
+    with status.open() as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file is closed
+        except BlockingIOError:
+            return status.read_text().partition("\n")[0] or "a process"
+    return None
+
+
+def wait_gone(session: int, timeout_s: float = EXIT_TIMEOUT_S) -> list[int]:
+    """Wait for every process of a session to exit; those still there after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while (members := session_members(session)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return members
+
+
+def claim(settings: Settings) -> None:
+    """Make way for a new launcher, or refuse (Refused) if a service is running on the admin
+    port or from the run_dir. What a dead launcher left behind is cleared: only processes of
+    the session it recorded, once nothing answers there as a live service with a launcher."""
+    port = settings.admin_port
+    record = read_record(settings)
+    dead = record if record is not None and not record.launcher_alive else None
+    if (joined := join(settings)) is not None:
+        actor_system, supervisor, _ = joined
+        if dead is None or dead.admin_port != port or session_of(actor_system, supervisor) != dead.session:
+            raise Refused(f"execution-service is already running on admin port {port}")
+        print(f"the service on admin port {port} lost its launcher (pid {dead.pid}): draining and stopping it", flush=True)
+        stop(actor_system, supervisor, dead.session)
+    if record is not None and record.launcher_alive:
+        raise Refused(
+            f"execution-service is already running on admin port {record.admin_port} "
+            f"(launcher pid {record.pid}, run_dir {settings.run_dir})"
+        )
+    if dead is not None and (members := session_members(dead.session)):
+        print(
+            f"clearing leftovers of a dead execution-service (launcher pid {dead.pid}): "
+            f"{len(members)} processes of its actor system, session {dead.session}",
+            flush=True,
+        )
+        kill_session(dead.session)
+        wait_gone(dead.session)
+    if admin_port_open(port):
+        raise Refused(f"admin port {port} is in use by a program that is not a running execution-service")
+    if (holder := chdb_holder(settings)) is not None:
+        raise Refused(f"the embedded ClickHouse in {settings.run_dir}/chdb is locked by another process ({holder})")
+
+
+# --- clients --------------------------------------------------------------------------------
+
+
+def connect(settings: Settings) -> tuple[ActorSystem, Any]:
+    """Join the running service's actor system as a client (CLI, tests): its system and the
+    supervisor. A transient system of its own, so a client can reconnect after a restart."""
+    actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, transientUnique=True)
+    return actor_system, actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+
+
+def join(settings: Settings, timeout_s: float = JOIN_TIMEOUT_S) -> tuple[ActorSystem, Any, Peers] | None:
+    """Join the service on the admin port as a client if it answers as a started one (ingress,
+    the last role to start, is up): its actor system, supervisor and peers. Never shutdown()
+    such a client: that would stop the service."""
+    if not admin_port_open(settings.admin_port):
+        return None  # (else Thespian would start an admin of its own)
+    try:
+        actor_system, supervisor = connect(settings)
+    except InvalidActorAddress:
+        return None  # the port is held by something else
+    peers = actor_system.ask(supervisor, GetPeers(), timeout_s)
+    return (actor_system, supervisor, peers) if isinstance(peers, Peers) and peers.ingress is not None else None
+
+
+def ask_for(actor_system: ActorSystem, target: Any, message: Any, kind: type[T], timeout_s: float) -> T | None:
+    """Ask and wait for an answer of ``kind``: a Thespian ask returns whatever reaches the
+    asker first, which may be the late answer to an earlier ask (one a signal interrupted)."""
+    deadline = time.monotonic() + timeout_s
+    answer = actor_system.ask(target, message, timeout_s)
+    while not isinstance(answer, kind) and (left := deadline - time.monotonic()) > 0:
+        answer = actor_system.listen(left)
+    return answer if isinstance(answer, kind) else None
+
+
+def session_of(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JOIN_TIMEOUT_S) -> int:
+    """The session of the actor system (every actor is forked inside the admin's session)."""
+    pong = ask_for(actor_system, supervisor, Ping(), Pong, timeout_s)
+    if pong is None:
+        raise RuntimeError(f"the supervisor did not answer within {timeout_s}s")
+    return os.getsid(pong.pid)
+
+
+def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True) -> None:
+    """Drain (held writes reach ClickHouse, the archive and the status subjects), shut the
+    actor system down, and kill whatever of its session outlives that."""
+    if drain and ask_for(actor_system, supervisor, Drain(), Drained, DRAIN_TIMEOUT_S) is None:
+        log.error("drain did not finish within %ds; shutting down anyway", DRAIN_TIMEOUT_S)
+    actor_system.shutdown()
+    if left := wait_gone(session):
+        log.warning("%d processes outlived the shutdown of the actor system: killed", len(left))
+        kill_session(session)
+        wait_gone(session)
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
 class Service:
     """A running service: its actor system and the supervisor at the root of the tree."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, signals: StopSignals) -> None:
         self.settings = settings
-        self.actor_system = ActorSystem(
-            "multiprocTCPBase", {"Admin Port": settings.admin_port}, logDefs=log_defs(settings)
-        )
-        self.supervisor = self.actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-        started = self.actor_system.ask(self.supervisor, Start(settings), START_TIMEOUT_S)
-        if not isinstance(started, Started):
+        self.signals = signals
+        claim(settings)
+        with signals.deferred():  # an admin forked but not yet handed back could not be stopped
+            self.actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, logDefs=log_defs(settings))
+        try:
+            self.supervisor = self.actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+            self.session = session_of(self.actor_system, self.supervisor, START_TIMEOUT_S)
+            launcher = LauncherRecord(os.getpid(), own_start(), settings.admin_port, self.session)
+            record_path(settings).write_bytes(msgspec.json.encode(launcher))
+            watchdog = self.actor_system.createActor(Watchdog, globalName=WATCHDOG_NAME)
+            self.actor_system.tell(watchdog, Watch(launcher.pid, launcher.started, self.supervisor))
+            started = self.actor_system.ask(self.supervisor, Start(settings), START_TIMEOUT_S)
+            if not isinstance(started, Started):
+                raise RuntimeError(f"the service did not start within {START_TIMEOUT_S}s (got {started!r})")
+        except BaseException:
+            # No drain: what the recorder was handed is in its outbox, for the next start.
             self.actor_system.shutdown()
-            raise RuntimeError(f"the service did not start within {START_TIMEOUT_S}s (got {started!r})")
+            raise
         self.peers = started.peers
-        pong = self.actor_system.ask(self.supervisor, Ping(), START_TIMEOUT_S)
-        self.session = os.getsid(pong.pid)
         log.info("service up on admin port %d; %d open orders recovered", settings.admin_port, started.open_orders)
 
     def ask(self, target: Any, message: Any, timeout_s: float = 10.0) -> Any:
@@ -76,56 +294,37 @@ class Service:
         return isinstance(self.actor_system.ask(self.supervisor, Ping(), HEALTH_INTERVAL_S), Pong)
 
     def stop(self) -> None:
-        drained = self.actor_system.ask(self.supervisor, Drain(), DRAIN_TIMEOUT_S)
-        if not isinstance(drained, Drained):
-            log.error("drain did not finish within %ds; shutting down anyway", DRAIN_TIMEOUT_S)
-        self.actor_system.shutdown()
-
-
-def connect(settings: Settings) -> tuple[ActorSystem, Any]:
-    """Join the running service's actor system as a client (CLI, tests): its system and the
-    supervisor. A transient system of its own, so a client can reconnect after a restart."""
-    actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, transientUnique=True)
-    return actor_system, actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-
-
-def session_members(session: int) -> list[int]:
-    """Every process of a session, from /proc."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[3]) == session:
-                members.append(int(stat.parent.name))
-    return members
-
-
-def kill_session(session: int) -> None:
-    """SIGKILL to every process of the actor system: the Thespian admin daemonises into a
-    session of its own, and every actor process is forked inside it."""
-    for pid in session_members(session):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        self.signals.ignore()
+        stop(self.actor_system, self.supervisor, self.session)
+        record_path(self.settings).unlink(missing_ok=True)
 
 
 def run(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop.
+    """Run until a stop signal (SIGTERM, SIGINT, SIGHUP, the parent's death), then drain and stop.
 
     The supervisor is the root of the tree: if it stops answering, whatever is left of the
     tree is killed and the service starts again from scratch (this process re-executes
     itself), which is the recovery path of a crash of the whole service.
     """
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    service = Service(settings)
+    signals = StopSignals()
+    try:
+        service = Service(settings, signals)
+    except KeyboardInterrupt as received:
+        print(f"{received}: stopped while starting", flush=True)
+        return
     print(f"execution-service running (admin port {settings.admin_port}, logs in {settings.run_dir}/logs); Ctrl-C stops it", flush=True)
-    missed = 0
-    while not stop.wait(HEALTH_INTERVAL_S):
-        missed = 0 if service.alive() else missed + 1
-        if missed >= MISSED_PINGS and not stop.is_set():
-            log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
-            kill_session(service.session)
-            os.execv(sys.executable, [sys.executable, *sys.argv])
-    print("draining...", flush=True)
+    try:
+        missed = 0
+        while True:
+            time.sleep(HEALTH_INTERVAL_S)
+            missed = 0 if service.alive() else missed + 1
+            if missed >= MISSED_PINGS:
+                log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
+                signals.ignore()
+                kill_session(service.session)
+                wait_gone(service.session)
+                os.execv(sys.executable, [sys.executable, *sys.argv])
+    except KeyboardInterrupt as received:
+        print(f"{received}: draining...", flush=True)
     service.stop()
     print("stopped", flush=True)

@@ -1,47 +1,79 @@
 """Ingress: the durable consumer of ``signals.approved.>``; validates before anything else.
 
-Invalid input (malformed JSON, wrong types, not approved, hold, unknown symbol, bad volume,
-a payload symbol that disagrees with the subject) is dead-lettered with its reason, logged,
-and acknowledged so it is not redelivered forever. A valid signal is acknowledged only when
-its order is recorded in ClickHouse (SignalsDurable) or it is a known duplicate
-(SignalSettled); if the service dies before that, JetStream delivers it again.
+Whatever arrives ends, within seconds, as an order or as a dead letter with its reason, and
+is acknowledged; nothing can hold up the messages behind it:
+- a payload that does not decode (malformed, nested too deep, too large, a bad number or
+  UTF-8) or does not pass the pre-trade checks (``model.pretrade``) is dead-lettered at once;
+- a signal published on bare ``signals.approved`` is captured by a consumer of its own and
+  dead-lettered (the symbol token is part of the contract);
+- a signal whose symbol has no quote yet waits a few redeliveries for one, then is
+  dead-lettered ``no_market_quote``;
+- a failure nobody foresaw (here or in the supervisor) lets the signal come again a bounded
+  number of times, then dead-letters it ``internal_error`` with the exception;
+- JetStream's own limits back this up: ``max_deliver`` on the consumer, whose advisory the
+  service turns into a ``max_deliveries`` dead letter, and a max message size on the stream.
+
+A valid signal is acknowledged only when its order is recorded in ClickHouse (SignalsDurable),
+it is a known duplicate (SignalSettled) or the supervisor declined it (SignalDeclined); until
+then its delivery is kept alive with in-progress acks, so a slow store does not redeliver it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
+import time
+import traceback
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from thespian.actors import PoisonMessage, WakeupMessage
 
 from actors.loop import LoopActor
+from messages import broker as wire
 from messages.actor import (
     Backpressure,
     Configure,
     CrossCheck,
     CrossChecked,
+    FailSignal,
     Peers,
     Ready,
+    SignalDeclined,
     SignalsDurable,
     SignalSettled,
     SignalsReceived,
 )
 from messages.codec import ContractError, decode, encode
-from messages.order import DeadLetter
-from messages.signal import SignalRefused, TradingSignal, check_executable
+from messages.order import SIGNAL_ALERT_SUBJECT, Alert, DeadLetter
+from messages.signal import SignalRefused, TradingSignal, fingerprint, parse_signal
 from messages.symbols import SYMBOLS
+from model.pretrade import check_signal
 from service.config import Settings
 from service.logs import Log
-from service.streams import connect_nats, ensure_streams
+from service.streams import BARE_SIGNAL_SUBJECT, SIGNAL_SUBJECTS, connect_nats, ensure_streams
 
 log = Log(__name__)
 
-# A delivery not acknowledged within this comes again (e.g. after ingress was killed).
+# A delivery not acknowledged within this comes again (after ingress died); a live one is
+# kept from timing out by in-progress acks every third of it.
 ACK_WAIT_S = 10
+# Deliveries an unforeseen failure, or a missing quote, may take before the dead letter.
+INTERNAL_ERROR_DELIVERIES = 3
+NO_QUOTE_DELIVERIES = 5
+RETRY_DELAY_S = 1.0
+# A quote older than this is asked for again before it is used.
+QUOTE_REFRESH_S = 5.0
+QUOTE_TIMEOUT_S = 1.0
+# What of a refused payload travels in its dead letter, and of an exception's text.
+EXCERPT_CHARS = 2048
+DETAIL_CHARS = 1000
+DEAD_LETTER_ATTEMPTS = 3
+HEARTBEAT = "keep deliveries alive"
 
 
 class Accepted(msgspec.Struct):
@@ -56,9 +88,15 @@ class Ingress(LoopActor):
         super().__init__()
         # signal_id -> deliveries waiting for their acknowledgement
         self.unacked: dict[uuid.UUID, list[Any]] = {}
+        # signal_id -> fingerprint of the signal in flight under it
+        self.in_flight: dict[uuid.UUID, str] = {}
         self.checking: dict[uuid.UUID, TradingSignal] = {}
         # Set by the recorder's backpressure; read by the consumer loop.
         self.paused = threading.Event()
+        # symbol -> (latest quote, when it arrived, monotonic); written on the loop only.
+        self.quotes: dict[str, tuple[wire.BrokerQuote, float]] = {}
+        # Fault injection (FailSignal): signal_id -> failures still to cause.
+        self.failing: dict[uuid.UUID, int] = {}
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -66,21 +104,42 @@ class Ingress(LoopActor):
         if self.loop is None:
             self.start_loop()
             self.spawn(self._consume(sender))
+            self.wakeupAfter(timedelta(seconds=ACK_WAIT_S / 3), payload=HEARTBEAT)
         else:
             self.send(sender, Ready("ingress"))
+
+    # --- on the loop --------------------------------------------------------------------------
 
     async def _consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)
         await ensure_streams(self.js, self.settings)
-        subscription = await self.js.pull_subscribe(
-            "signals.approved.>",
-            durable=f"{self.settings.stream_prefix}_ingress",
-            stream=f"{self.settings.stream_prefix}_SIGNALS",
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=ACK_WAIT_S, max_ack_pending=20_000
-            ),
-        )
+        self.stream = f"{self.settings.stream_prefix}_SIGNALS"
+        await self.nc.subscribe(f"{wire.TICK_SUBJECT}.>", cb=self._on_tick)
+        await self._refresh_quotes(None)
+        subscriptions = []
+        for subject, durable in zip(SIGNAL_SUBJECTS, ("ingress", "ingress_bare"), strict=True):
+            durable_name = f"{self.settings.stream_prefix}_{durable}"
+            await self.nc.subscribe(
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{durable_name}", cb=self._on_max_deliveries
+            )
+            subscriptions.append(
+                await self.js.pull_subscribe(
+                    subject,
+                    durable=durable_name,
+                    stream=self.stream,
+                    config=ConsumerConfig(
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.ALL,
+                        ack_wait=ACK_WAIT_S,
+                        max_deliver=self.settings.signal_max_deliver,
+                        max_ack_pending=20_000,
+                    ),
+                )
+            )
         self.deliver(configurer, Ready("ingress"))
+        await asyncio.gather(*(self._fetch_forever(subscription) for subscription in subscriptions))
+
+    async def _fetch_forever(self, subscription: Any) -> None:
         while True:
             if self.paused.is_set():
                 await asyncio.sleep(0.1)  # signals wait in JetStream meanwhile
@@ -93,39 +152,163 @@ class Ingress(LoopActor):
                 log.warning("signal consumer fetch failed: %s", exc)
                 await asyncio.sleep(0.2)
                 continue
-            valid = [(signal, msg) for msg in batch if (signal := await self._validate(msg)) is not None]
+            try:
+                valid = await self._screen(batch)
+            except Exception as exc:  # a bug here must not stop intake: the batch comes again
+                log.error("screening a batch of %d signals failed: %s", len(batch), exc, exc_info=exc)
+                await asyncio.gather(*(msg.nak(delay=RETRY_DELAY_S) for msg in batch), return_exceptions=True)
+                continue
             if valid:
                 self.deliver(None, Accepted(valid))
 
-    async def _validate(self, msg: Any) -> TradingSignal | None:
-        """The signal, or None after dead-lettering it with the reason."""
-        subject_symbol = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else None
-        try:
-            signal = decode(msg.data, TradingSignal)
-            check_executable(signal, subject_symbol, SYMBOLS)
-        except (ContractError, SignalRefused) as refused:
-            await self._dead_letter(msg, refused.reason, refused.detail, getattr(refused, "field", None))
-            return None
-        return signal
+    async def _screen(self, batch: list[Any]) -> list[tuple[TradingSignal, Any]]:
+        """The batch's executable signals; every other message is settled here."""
+        parsed: list[tuple[TradingSignal, Any]] = []
+        for msg in batch:
+            try:
+                parsed.append((parse_signal(msg.data), msg))
+            except (ContractError, SignalRefused) as refused:
+                await self._dead_letter(msg, refused.reason, refused.detail, getattr(refused, "field", None))
+            except Exception as exc:
+                await self._failed(msg, None, exc)
+        stale = {signal.symbol for signal, _ in parsed if signal.symbol in SYMBOLS and not self._fresh(signal.symbol)}
+        if stale:
+            await self._refresh_quotes(sorted(stale))
+        valid = []
+        now, limits = datetime.now(UTC), self.settings.limits
+        for signal, msg in parsed:
+            quote = self.quotes.get(signal.symbol, (None, 0.0))[0]
+            try:
+                self._injected_failure(signal.signal_id)
+                check_signal(signal, _subject_symbol(msg.subject), SYMBOLS, quote, limits, now)
+            except SignalRefused as refused:
+                if refused.reason == "no_market_quote" and msg.metadata.num_delivered < NO_QUOTE_DELIVERIES:
+                    await msg.nak(delay=RETRY_DELAY_S)  # the connector may not have published it yet
+                else:
+                    await self._dead_letter(msg, refused.reason, refused.detail, None, signal.signal_id)
+                continue
+            except Exception as exc:
+                await self._failed(msg, signal.signal_id, exc)
+                continue
+            if msg.metadata.num_delivered >= self.settings.signal_max_deliver:
+                log.warning("signal %s: the last delivery JetStream will make (%d)", signal.signal_id, msg.metadata.num_delivered)
+            valid.append((signal, msg))
+        return valid
 
-    async def _dead_letter(self, msg: Any, reason: str, detail: str, field: str | None) -> None:
-        log.warning("signal refused on %s: %s: %s", msg.subject, reason, detail)
+    def _injected_failure(self, signal_id: uuid.UUID) -> None:
+        if self.failing.get(signal_id, 0) > 0:
+            self.failing[signal_id] -= 1
+            raise RuntimeError(f"injected failure for signal {signal_id}")
+
+    async def _failed(self, msg: Any, signal_id: uuid.UUID | None, exc: BaseException) -> None:
+        """An unforeseen failure: the message comes again, a bounded number of times."""
+        if msg.metadata.num_delivered < INTERNAL_ERROR_DELIVERIES:
+            log.error("signal on %s failed (delivery %d), retrying: %r", msg.subject, msg.metadata.num_delivered, exc)
+            await msg.nak(delay=RETRY_DELAY_S)
+            return
+        detail = "".join(traceback.format_exception_only(exc)).strip()
+        await self._dead_letter(msg, "internal_error", detail, None, signal_id)
+
+    async def _dead_letter(
+        self, msg: Any, reason: str, detail: str, field: str | None, signal_id: uuid.UUID | None = None
+    ) -> None:
+        """Refuse a delivery: the dead letter goes out, then the delivery is acknowledged."""
+        seq, deliveries = msg.metadata.sequence.stream, msg.metadata.num_delivered
+        if await self._publish_dead_letter(msg.subject, msg.data, seq, deliveries, reason, detail, field, signal_id):
+            await msg.ack()
+        else:  # NATS is away: the signal comes again and is refused again
+            await msg.nak(delay=RETRY_DELAY_S)
+
+    async def _publish_dead_letter(
+        self,
+        subject: str,
+        data: bytes,
+        seq: int,
+        deliveries: int,
+        reason: str,
+        detail: str,
+        field: str | None,
+        signal_id: uuid.UUID | None,
+    ) -> bool:
+        log.warning(
+            "signal %s refused on %s (stream seq %d): %s: %s", signal_id or "(unreadable)", subject, seq, reason, detail[:DETAIL_CHARS]
+        )
         letter = DeadLetter(
-            subject=msg.subject,
+            subject=subject,
             reason=reason,
-            detail=detail,
+            detail=detail[:DETAIL_CHARS],
             field=field,
-            payload=msg.data.decode(errors="replace"),
+            # Cut before decoding: a huge payload is not decoded whole for an excerpt.
+            payload=data[: EXCERPT_CHARS * 4].decode(errors="replace")[:EXCERPT_CHARS],
+            payload_size=len(data),
+            payload_sha256=hashlib.sha256(data).hexdigest(),
+            payload_truncated=len(data) > EXCERPT_CHARS,
+            stream=self.stream,
+            stream_seq=seq,
+            deliveries=deliveries,
+            signal_id=str(signal_id) if signal_id else None,
             received_at=datetime.now(UTC),
         )
-        await self.js.publish(self.settings.dead_letter_subject, encode(letter))
-        await msg.ack()
+        return await self._publish(self.settings.dead_letter_subject, encode(letter))
+
+    async def _publish(self, subject: str, payload: bytes) -> bool:
+        for attempt in range(DEAD_LETTER_ATTEMPTS):
+            try:
+                await self.js.publish(subject, payload)
+                return True
+            except Exception as exc:
+                log.warning("publish on %s failed (attempt %d): %s", subject, attempt + 1, exc)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        return False
+
+    async def _on_max_deliveries(self, advisory: Any) -> None:
+        """JetStream gave up on a message: it becomes a dead letter, not a silent loss."""
+        try:
+            seq = int(msgspec.json.decode(advisory.data)["stream_seq"])
+            stored = await self.js.get_msg(self.stream, seq)
+        except Exception as exc:
+            log.error("max-deliveries advisory could not be followed: %s", exc)
+            return
+        most = self.settings.signal_max_deliver
+        detail = f"JetStream delivered it {most} times without an acknowledgement"
+        # No delivery to acknowledge: the consumer no longer offers the message.
+        await self._publish_dead_letter(stored.subject, stored.data or b"", seq, most, "max_deliveries", detail, None, None)
+
+    async def _on_tick(self, msg: Any) -> None:
+        try:
+            quote = decode(msg.data, wire.BrokerQuote)
+        except ContractError as exc:
+            log.warning("unreadable quote on %s: %s", msg.subject, exc)
+            return
+        self.quotes[quote.symbol] = (quote, time.monotonic())
+
+    def _fresh(self, symbol: str) -> bool:
+        return time.monotonic() - self.quotes.get(symbol, (None, 0.0))[1] < QUOTE_REFRESH_S
+
+    async def _refresh_quotes(self, symbols: list[str] | None) -> None:
+        """Ask the connector for the latest quotes (at start, and for quotes grown old)."""
+        try:
+            reply = await self.nc.request(wire.QUOTES_SUBJECT, encode(wire.QuotesQuery(symbols=symbols)), timeout=QUOTE_TIMEOUT_S)
+            report = decode(reply.data, wire.QuotesReport)
+        except Exception as exc:
+            log.warning("connector did not answer %s: %s", wire.QUOTES_SUBJECT, exc)
+            return
+        now = time.monotonic()
+        for quote in report.quotes:
+            self.quotes[quote.symbol] = (quote, now)
 
     # --- on the actor thread ------------------------------------------------------------------
 
     def receiveMsg_Accepted(self, message: Accepted, sender: Any) -> None:
         fresh = []
         for signal, msg in message.signals:
+            digest = fingerprint(signal)
+            known = self.in_flight.setdefault(signal.signal_id, digest)
+            if known != digest:
+                # Other content under the id of a signal still on its way: not one to join it.
+                detail = f"signal_id {signal.signal_id} is already being executed with other content; this one is not"
+                self._decline(SignalDeclined(signal.signal_id, "duplicate_conflict", detail), [msg])
+                continue
             waiting = self.unacked.get(signal.signal_id)
             self.unacked.setdefault(signal.signal_id, []).append(msg)
             if not waiting:  # else a redelivery of a signal on its way: acknowledged with the first
@@ -145,9 +328,39 @@ class Ingress(LoopActor):
             self.send(self.peers.supervisor, SignalsReceived(confirmed))
         for signal in checked:
             if signal.signal_id not in found:
-                for msg in self.unacked.pop(signal.signal_id, []):
-                    detail = f"signal {signal.signal_id} is not an approved row of trading_signals"
-                    self.spawn(self._dead_letter(msg, "not_in_trading_signals", detail, None))
+                detail = f"signal {signal.signal_id} is not an approved row of trading_signals"
+                self._decline(SignalDeclined(signal.signal_id, "not_in_trading_signals", detail))
+
+    def receiveMsg_SignalDeclined(self, message: SignalDeclined, sender: Any) -> None:
+        self._decline(message)
+
+    def _decline(self, declined: SignalDeclined, deliveries: list[Any] | None = None) -> None:
+        """Settle the deliveries of a declined signal (all of them, unless named)."""
+        if deliveries is None:
+            deliveries = self._settled(declined.signal_id)
+
+        async def settle() -> None:
+            for msg in deliveries:
+                if declined.reason == "internal_error":
+                    await self._failed(msg, declined.signal_id, RuntimeError(declined.detail))
+                else:
+                    await self._dead_letter(msg, declined.reason, declined.detail, None, declined.signal_id)
+            if declined.reason == "duplicate_conflict":
+                alert = Alert(kind=declined.reason, signal_id=str(declined.signal_id), detail=declined.detail, at=datetime.now(UTC))
+                log.warning("alert: %s: %s", alert.kind, alert.detail)
+                await self._publish(SIGNAL_ALERT_SUBJECT, encode(alert))
+
+        self.spawn(settle())
+
+    def receiveMsg_PoisonMessage(self, message: PoisonMessage, sender: Any) -> None:
+        """The supervisor failed on a batch as a whole: each signal comes again, boundedly."""
+        if isinstance(message.poisonMessage, SignalsReceived):
+            for signal in message.poisonMessage.signals:
+                self._decline(SignalDeclined(signal.signal_id, "internal_error", f"the supervisor failed: {message.details}"))
+
+    def receiveMsg_FailSignal(self, message: FailSignal, sender: Any) -> None:
+        log.warning("fault injection: the next %d deliveries of signal %s fail", message.times, message.signal_id)
+        self.failing[message.signal_id] = message.times
 
     def receiveMsg_Backpressure(self, message: Backpressure, sender: Any) -> None:
         if message.on:
@@ -157,8 +370,24 @@ class Ingress(LoopActor):
             self.paused.clear()
             log.warning("taking signals again: %s", message.reason)
 
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if message.payload != HEARTBEAT:
+            return
+        deliveries = [msg for waiting in self.unacked.values() for msg in waiting]
+
+        async def keep_alive() -> None:
+            await asyncio.gather(*(msg.in_progress() for msg in deliveries), return_exceptions=True)
+
+        if deliveries:
+            self.spawn(keep_alive())
+        self.wakeupAfter(timedelta(seconds=ACK_WAIT_S / 3), payload=HEARTBEAT)
+
     def doing(self) -> str:
         return f"{'paused' if self.paused.is_set() else 'consuming'}, {len(self.unacked)} signals awaiting their record"
+
+    def _settled(self, signal_id: uuid.UUID) -> list[Any]:
+        self.in_flight.pop(signal_id, None)
+        return self.unacked.pop(signal_id, [])
 
     def receiveMsg_SignalsDurable(self, message: SignalsDurable, sender: Any) -> None:
         self._ack(message.signal_ids)
@@ -167,7 +396,7 @@ class Ingress(LoopActor):
         self._ack([message.signal_id])
 
     def _ack(self, signal_ids: list[uuid.UUID]) -> None:
-        deliveries = [msg for signal_id in signal_ids for msg in self.unacked.pop(signal_id, [])]
+        deliveries = [msg for signal_id in signal_ids for msg in self._settled(signal_id)]
 
         async def ack_all() -> None:
             for msg in deliveries:
@@ -175,3 +404,8 @@ class Ingress(LoopActor):
 
         if deliveries:
             self.spawn(ack_all())
+
+
+def _subject_symbol(subject: str) -> str | None:
+    """``signals.approved.EURUSD`` -> EURUSD; the bare subject has none."""
+    return None if subject == BARE_SIGNAL_SUBJECT else subject.split(".", 2)[2]

@@ -34,13 +34,11 @@ from messages.actor import (
     BrokerUpdate,
     CancelAtBroker,
     CancelOrder,
-    ClosablePosition,
     Configure,
     GetState,
     OrderState,
     Orphan,
     Peers,
-    PositionToClose,
     QueryBroker,
     Ready,
     Record,
@@ -159,21 +157,13 @@ class OrderActor(RoleActor):
                 self._cancel(message.cancel.reason)
         self._finish()
 
-    def receiveMsg_PositionToClose(self, message: PositionToClose, sender: Any) -> None:
-        if self.order is None or self.order.order_id != message.order_id:
-            return
-        if message.ticket is None:
-            self._emit(EventKind.REJECTED, detail="no open position to close", rejection_reason="no open position to close")
-        else:
-            self._submit(close_position=message.ticket, quantity=message.volume)
-        self._finish()
-
     def _start(self) -> None:
-        """Send a pending order out; a close order first learns which position it closes."""
+        """Send a pending order out. A close names its position (the supervisor chose it):
+        without one it would open an opposite position instead."""
         assert self.order is not None
         if self.order.closes_position and self.order.close_position is None:
-            side = "long" if self.order.side is Side.SELL else "short"
-            self.send(self.peers.positions, ClosablePosition(self.order.order_id, self.order.symbol, side))
+            reason = "no position named to close"
+            self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
         else:
             self._submit()
 

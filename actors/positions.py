@@ -7,6 +7,8 @@ when ``auto_correct_positions`` is set. PnL is in the symbol's quote currency.
 
 from __future__ import annotations
 
+import uuid
+from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +19,6 @@ from actors.base import RoleActor
 from actors.lifecycle import fill_of
 from messages.actor import (
     BrokerUpdate,
-    ClosablePosition,
     Configure,
     FillsLoaded,
     FillsRecorded,
@@ -27,7 +28,6 @@ from messages.actor import (
     Peers,
     PositionsReply,
     PositionsSnapshot,
-    PositionToClose,
     PublishAlert,
     QueryPositions,
     Ready,
@@ -46,6 +46,7 @@ from messages.enums import (
 from messages.order import Fill
 from messages.position import Position, PositionAlert, position_id_for
 from messages.symbols import SYMBOLS
+from model.exposure import OpenPosition, PositionsView
 from service.config import Settings
 from service.logs import Log
 
@@ -163,12 +164,16 @@ class PositionBook:
         return [p for p in self.positions.values() if p.position_status is PositionStatus.OPEN]
 
 
+def open_position_of(position: Position) -> OpenPosition:
+    """What the supervisor's exposure checks need of a position (closed: none of it is open)."""
+    open_quantity = position.quantity if position.position_status is PositionStatus.OPEN else 0.0
+    return OpenPosition(ticket=position.ticket, symbol=position.symbol, side=position.side, quantity=open_quantity, opened_at=position.opened_at)
+
+
 class PositionKeeper(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.book = PositionBook()
-        # Tickets a close order has claimed, so two close signals don't close the same one.
-        self.claimed: set[int] = set()
         self.deals_checked_until: datetime | None = None
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
@@ -184,42 +189,29 @@ class PositionKeeper(RoleActor):
         self.deals_checked_until = datetime.now(UTC) - timedelta(hours=self.settings.idempotency_window_hours)
         # What a keeper before this one computed but had not handed over is written again.
         self.send(self.peers.recorder, RecordPositions(list(self.book.positions.values())))
+        opened = [open_position_of(p) for p in self.book.open_positions()]
+        self.send(self.peers.supervisor, PositionsView(positions=opened, applied={}, complete=True))
         log.info("positions rebuilt from %d fills: %d open", len(message.fills), len(self.book.open_positions()))
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
         self.send(self.configurer, Ready("positions"))
 
     def receiveMsg_FillsRecorded(self, message: FillsRecorded, sender: Any) -> None:
         changed: list[Position] = []
+        # Volume applied per order: the supervisor stops counting it on the order.
+        applied: dict[uuid.UUID, float] = defaultdict(float)
         now = datetime.now(UTC)
-        for event in message.events:
-            assert event.fill is not None
-            changed += self.book.apply(event.fill, event.order.stop_loss, event.order.take_profit, now)
-        for fill in message.orphan_fills:
-            changed += self.book.apply(fill, None, None, now)
-        for position in changed:
-            if position.position_status is PositionStatus.CLOSED:
-                self.claimed.discard(position.ticket)
+        fills = [(e.fill, e.order.stop_loss, e.order.take_profit) for e in message.events if e.fill is not None]
+        for fill, stop_loss, take_profit in [*fills, *((fill, None, None) for fill in message.orphan_fills)]:
+            moved = self.book.apply(fill, stop_loss, take_profit, now)
+            if moved and fill.order_id is not None:
+                applied[fill.order_id] += fill.fill_quantity
+            changed += moved
         if changed:
             self.send(self.peers.recorder, RecordPositions(changed))
+            self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(p) for p in changed], applied=dict(applied)))
 
     def receiveMsg_GetPositions(self, message: GetPositions, sender: Any) -> None:
         self.send(sender, PositionsSnapshot(list(self.book.positions.values())))
-
-    def receiveMsg_ClosablePosition(self, message: ClosablePosition, sender: Any) -> None:
-        candidates = sorted(
-            (
-                p
-                for p in self.book.open_positions()
-                if p.symbol == message.symbol and p.side.value == message.side and p.ticket not in self.claimed
-            ),
-            key=lambda p: p.opened_at,
-        )
-        if not candidates:
-            self.send(sender, PositionToClose(message.order_id, None, 0.0))
-            return
-        chosen = candidates[0]
-        self.claimed.add(chosen.ticket)
-        self.send(sender, PositionToClose(message.order_id, chosen.ticket, chosen.quantity))
 
     # --- reconciliation ---------------------------------------------------------------------
 
@@ -267,7 +259,9 @@ class PositionKeeper(RoleActor):
             elif abs(mine.quantity - broker.volume) > VOLUME_TOLERANCE:
                 self._alert(ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume, now)
                 if self.settings.auto_correct_positions:
-                    self.book.positions[ticket] = msgspec.structs.replace(mine, quantity=broker.volume, updated_at=now)
+                    corrected = msgspec.structs.replace(mine, quantity=broker.volume, updated_at=now)
+                    self.book.positions[ticket] = corrected
+                    self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(corrected)], applied={}))
             else:
                 changed.append(self._mark(mine, broker, now))
         for ticket, mine in ours.items():

@@ -35,13 +35,17 @@ from messages.actor import (
     Assign,
     BrokerNews,
     BrokerUpdate,
+    CancelAnswer,
     CancelOrder,
+    CancelRequest,
     Configure,
     Directory,
     Drain,
     Drained,
     GetDirectory,
+    GetHistory,
     GetPeers,
+    History,
     LoadState,
     OrderDirectoryEntry,
     Orphan,
@@ -52,6 +56,7 @@ from messages.actor import (
     Rehydrated,
     Released,
     ShowOrder,
+    SignalDeclined,
     SignalSettled,
     SignalsReceived,
     Start,
@@ -60,7 +65,8 @@ from messages.actor import (
 )
 from messages.enums import OrderType, Side, SignalType, TimeInForce
 from messages.order import Order, order_id_for
-from messages.signal import TradingSignal
+from messages.signal import SignalRefused, TradingSignal, fingerprint
+from model.exposure import Exposure, PositionsView, closing_side
 from service.config import Settings
 from service.logs import Log
 
@@ -80,34 +86,33 @@ STATUS_QUERY_CHUNK = 500
 EXPIRY_GRACE = timedelta(seconds=5)
 
 
-def order_from_signal(signal: TradingSignal, settings: Settings) -> Order:
-    """The one order an executable signal gives (check_executable has passed)."""
-    closes = signal.signal_type in (SignalType.CLOSE_LONG, SignalType.CLOSE_SHORT)
+def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int, float] | None = None) -> Order:
+    """The one order an executable signal gives (model.pretrade.check_signal has passed);
+    a close names the position it closes and how much of it (``close``)."""
     side = Side.BUY if signal.signal_type in (SignalType.BUY, SignalType.CLOSE_SHORT) else Side.SELL
-    order_type = signal.order_type or OrderType(settings.default_order_type)
-    if closes:
-        order_type = OrderType.MARKET
-    expected = signal.expected_price
-    assert expected is not None
+    order_type = OrderType.MARKET if signal.closes else signal.order_type or OrderType(settings.default_order_type)
     limit = signal.limit_price or signal.entry_price if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) else None
     stop = signal.stop_price or signal.entry_price if order_type in (OrderType.STOP, OrderType.STOP_LIMIT) else None
+    ticket, quantity = close if close is not None else (None, signal.volume or 0.0)
     return Order(
         order_id=order_id_for(signal.signal_id),
         signal_id=signal.signal_id,
         symbol=signal.symbol,
         side=side,
         order_type=order_type,
-        quantity=signal.volume or 0.0,
-        expected_price=expected,
+        quantity=quantity,
+        expected_price=signal.expected_price or 0.0,
         created_at=datetime.now(UTC),
         price=limit,
         stop_price=stop,
         stop_loss=signal.stop_loss,
         take_profit=signal.take_profit,
         time_in_force=signal.time_in_force or TimeInForce(settings.default_time_in_force),
-        expires_at=signal.expires_at,
+        expires_at=signal.expiry,
         timeframe=signal.timeframe,
-        closes_position=closes,
+        signal_fingerprint=fingerprint(signal),
+        closes_position=signal.closes,
+        close_position=ticket,
     )
 
 
@@ -115,7 +120,10 @@ class Supervisor(RoleActor):
     def __init__(self) -> None:
         super().__init__()
         self.peers = Peers()
-        self.known: dict[uuid.UUID, tuple[uuid.UUID, datetime]] = {}
+        # signal_id -> (order_id, the signal's fingerprint, when it was seen)
+        self.known: dict[uuid.UUID, tuple[uuid.UUID, str, datetime]] = {}
+        self.replays = 0
+        self.exposure = Exposure()
         self.active: dict[uuid.UUID, Any] = {}
         self.active_orders: dict[uuid.UUID, Order] = {}
         self.resting: dict[uuid.UUID, Order] = {}
@@ -133,6 +141,8 @@ class Supervisor(RoleActor):
         self.started_at = datetime.now(UTC)
         # (address, role) of actors that died, to route what was still sent to them.
         self.retired: list[tuple[Any, str]] = []
+        # Operators waiting to hear why an order that is not open cannot be cancelled.
+        self.cancel_askers: dict[uuid.UUID, list[Any]] = {}
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -161,7 +171,7 @@ class Supervisor(RoleActor):
 
     def receiveMsg_StateLoaded(self, message: StateLoaded, sender: Any) -> None:
         now = datetime.now(UTC)
-        self.known = {signal_id: (order_id, now) for signal_id, order_id in message.known_signals.items()}
+        self.known = {signal_id: (order_id, digest, now) for signal_id, (order_id, digest) in message.known_signals.items()}
         created = {role: self.createActor(ROLES[role]) for role in SERVICE_ROLES}
         self.peers = Peers(supervisor=self.myAddress, recorder=self.peers.recorder, **created)
         self.send(self.peers.recorder, self.peers)
@@ -174,6 +184,7 @@ class Supervisor(RoleActor):
         # Resting orders are asked about in bulk; an order in flight gets an actor that asks.
         self.started_at = now
         for order in message.open_orders:
+            self.exposure.track(order, already_applied=order.filled_quantity)
             self.reconciling.add(order.order_id)
             if is_resting(order):
                 self.resting[order.order_id] = order
@@ -204,14 +215,41 @@ class Supervisor(RoleActor):
 
     def receiveMsg_SignalsReceived(self, message: SignalsReceived, sender: Any) -> None:
         for signal in message.signals:
-            if signal.signal_id in self.known:
-                order_id, _ = self.known[signal.signal_id]
-                log.info("signal %s already gave order %s: duplicate ignored", signal.signal_id, order_id)
-                self.send(sender, SignalSettled(signal.signal_id))
-                continue
+            try:
+                self._take(signal, sender)
+            except SignalRefused as refused:
+                log.warning("signal %s refused: %s: %s", signal.signal_id, refused.reason, refused.detail)
+                self.send(sender, SignalDeclined(signal.signal_id, refused.reason, refused.detail))
+            except Exception as exc:  # one signal's bug must not take the others down with it
+                log.error("signal %s failed: %r", signal.signal_id, exc, exc_info=exc)
+                self.send(sender, SignalDeclined(signal.signal_id, "internal_error", repr(exc)))
+
+    def _take(self, signal: TradingSignal, ingress: Any) -> None:
+        """One order for a new signal; a replay is acknowledged, a conflicting one refused."""
+        if signal.signal_id in self.known:
+            order_id, digest, _ = self.known[signal.signal_id]
+            if digest and digest != fingerprint(signal):
+                raise SignalRefused(
+                    "duplicate_conflict",
+                    f"signal_id {signal.signal_id} already gave order {order_id} with other content; this one is not executed",
+                )
+            self.replays += 1
+            log.info("signal %s already gave order %s: replay ignored (%d so far)", signal.signal_id, order_id, self.replays)
+            self.send(ingress, SignalSettled(signal.signal_id))
+            return
+        limits = self.settings.limits
+        if signal.closes:
+            side = Side.BUY if signal.signal_type is SignalType.CLOSE_SHORT else Side.SELL
+            order = order_from_signal(signal, self.settings, self.exposure.choose_close(signal.symbol, closing_side(side), signal.volume))
+        else:
+            self.exposure.check_open(signal.symbol, signal.volume or 0.0, limits.max_symbol_exposure)
             order = order_from_signal(signal, self.settings)
-            self.known[signal.signal_id] = (order.order_id, datetime.now(UTC))
-            self._assign(Assign(order))
+        self.known[signal.signal_id] = (order.order_id, order.signal_fingerprint, datetime.now(UTC))
+        self.exposure.track(order)
+        self._assign(Assign(order))
+
+    def receiveMsg_PositionsView(self, message: PositionsView, sender: Any) -> None:
+        self.exposure.see(message)
 
     # --- the pool -----------------------------------------------------------------------------
 
@@ -234,7 +272,9 @@ class Supervisor(RoleActor):
         self._reconciled(order.order_id)
         self.active.pop(order.order_id, None)
         self.active_orders.pop(order.order_id, None)
-        if order.status not in TERMINAL:
+        if order.status in TERMINAL:
+            self.exposure.ended(order, datetime.now(UTC))
+        else:
             self.resting[order.order_id] = order
         self.idle.append(sender)
         if self.waiting:
@@ -294,6 +334,29 @@ class Supervisor(RoleActor):
         else:
             log.warning("cancel of %s: not an open order", message.order_id)
 
+    def receiveMsg_CancelRequest(self, message: CancelRequest, sender: Any) -> None:
+        """An operator's cancel, answered: an open order's goes ahead; for any other, what
+        became of it is looked up in its history, so the refusal can say."""
+        order_id = self.known[message.key][0] if message.key in self.known else message.key
+        order = self.resting.get(order_id) or self.active_orders.get(order_id)
+        if order is not None:
+            self.receiveMsg_CancelOrder(CancelOrder(order_id, message.reason), sender)
+            self.send(sender, CancelAnswer(order_id, True, f"cancelling it (it was {order.status.value})"))
+        else:
+            self.cancel_askers.setdefault(order_id, []).append(sender)
+            self.send(self.peers.recorder, GetHistory(order_id))
+
+    def receiveMsg_History(self, message: History, sender: Any) -> None:
+        order_id = message.order_id
+        if not message.events:
+            reason = f"no order {order_id} is known"
+        elif (status := max(message.events, key=lambda e: e.seq).status) in TERMINAL:
+            reason = f"order {order_id} is already {status.value}: nothing to cancel"
+        else:  # queued for an actor, or being revived after its actor died
+            reason = f"order {order_id} is {status.value} but between actors right now: try again"
+        for asker in self.cancel_askers.pop(order_id, []):
+            self.send(asker, CancelAnswer(order_id, False, reason))
+
     def receiveMsg_ShowOrder(self, message: ShowOrder, sender: Any) -> None:
         order_id = self.known[message.key][0] if message.key in self.known else message.key
         actor = self.active.get(order_id)
@@ -318,7 +381,7 @@ class Supervisor(RoleActor):
     def doing(self) -> str:
         return (
             f"{len(self.active)} active, {len(self.resting)} resting, {len(self.waiting)} waiting, "
-            f"{len(self.reconciling)} reconciling orders"
+            f"{len(self.reconciling)} reconciling orders; {self.replays} replays ignored"
         )
 
     # --- housekeeping -------------------------------------------------------------------------------
@@ -328,7 +391,8 @@ class Supervisor(RoleActor):
             return
         now = datetime.now(UTC)
         window = timedelta(hours=self.settings.idempotency_window_hours)
-        self.known = {s: v for s, v in self.known.items() if now - v[1] <= window}
+        self.known = {s: v for s, v in self.known.items() if now - v[2] <= window}
+        self.exposure.expire(now)
         for order in list(self.resting.values()):
             if order.expires_at is not None and order.expires_at + EXPIRY_GRACE < now:
                 self.receiveMsg_CancelOrder(CancelOrder(order.order_id, "expired (system)"), self.myAddress)

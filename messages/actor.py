@@ -70,6 +70,14 @@ class Drained(msgspec.Struct, frozen=True):
     role: str
 
 
+class Watch(msgspec.Struct, frozen=True):
+    """To the watchdog: stop the actor system once this launcher process is gone."""
+
+    launcher_pid: int
+    launcher_started: int
+    supervisor: Any
+
+
 # --- signals --------------------------------------------------------------------------
 
 
@@ -90,6 +98,16 @@ class SignalSettled(msgspec.Struct, frozen=True):
     """The supervisor needs nothing more from this delivery (a duplicate): acknowledge it."""
 
     signal_id: uuid.UUID
+
+
+class SignalDeclined(msgspec.Struct, frozen=True):
+    """The supervisor will not execute this signal (exposure, close volume, a conflicting
+    replay, or ``internal_error``): ingress dead-letters it with the reason, or, for an
+    internal error, lets it come again a bounded number of times first."""
+
+    signal_id: uuid.UUID
+    reason: str
+    detail: str
 
 
 class SignalsDurable(msgspec.Struct, frozen=True):
@@ -114,6 +132,21 @@ class CancelOrder(msgspec.Struct, frozen=True):
     """An operator's (or the system's) cancellation of one order."""
 
     order_id: uuid.UUID
+    reason: str
+
+
+class CancelRequest(msgspec.Struct, frozen=True):
+    """An operator's cancellation (order_id or signal_id), answered with CancelAnswer."""
+
+    key: uuid.UUID
+    reason: str
+
+
+class CancelAnswer(msgspec.Struct, frozen=True):
+    """Accepted: the order is open and its cancellation under way; else why not."""
+
+    order_id: uuid.UUID
+    accepted: bool
     reason: str
 
 
@@ -212,7 +245,8 @@ class LoadState(msgspec.Struct, frozen=True):
 
 
 class StateLoaded(msgspec.Struct, frozen=True):
-    known_signals: dict[uuid.UUID, uuid.UUID]
+    # signal_id -> (order_id, signal fingerprint) within the idempotency window
+    known_signals: dict[uuid.UUID, tuple[uuid.UUID, str]]
     open_orders: list[Order]
 
 
@@ -233,20 +267,6 @@ class QueryPositions(msgspec.Struct, frozen=True):
 class PositionsReply(msgspec.Struct, frozen=True):
     report: PositionsReport
     deals: list[BrokerFill]
-
-
-class ClosablePosition(msgspec.Struct, frozen=True):
-    """Which position a close signal closes: asked by the order's actor of the position keeper."""
-
-    order_id: uuid.UUID
-    symbol: str
-    side: str
-
-
-class PositionToClose(msgspec.Struct, frozen=True):
-    order_id: uuid.UUID
-    ticket: int | None
-    volume: float
 
 
 # --- tracing --------------------------------------------------------------------------
@@ -298,6 +318,7 @@ class GetHistory(msgspec.Struct, frozen=True):
 
 
 class History(msgspec.Struct, frozen=True):
+    order_id: uuid.UUID
     events: list[OrderEvent]
 
 
@@ -349,3 +370,11 @@ class StoreOutage(msgspec.Struct, frozen=True):
     write to ClickHouse fails with ClickHouse's own error until it is attached again."""
 
     seconds: float
+
+
+class FailSignal(msgspec.Struct, frozen=True):
+    """Fault injection: ingress fails unexpectedly on the next ``times`` deliveries of this
+    signal, as a bug would (what a handler that raises must not do to intake)."""
+
+    signal_id: uuid.UUID
+    times: int

@@ -15,6 +15,12 @@ Requests (core NATS request/reply), the project's additions:
 - ``mt5.positions``: ``PositionsQuery`` -> ``PositionsReport``
 - ``mt5.deals``: ``DealsQuery`` -> ``DealsReport`` (MT5's history_deals_get): every deal in a
   time range, so a fill message that never arrived (an SL/TP close included) is still found.
+- ``mt5.quotes``: ``QuotesQuery`` -> ``QuotesReport`` (MT5's symbol_info_tick and the symbol's
+  trade mode): the last quote of each symbol, and whether its session is open.
+
+Quotes (core NATS, not stored: only the latest one matters):
+- ``mt5.tick.{symbol}``: ``BrokerQuote``, whenever a symbol's quote changes. The service keeps
+  the latest per symbol as the reference for its fat-finger and stop-level checks.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ MODIFY_SUBJECT = "mt5.modify"
 ORDER_STATUS_SUBJECT = "mt5.order_status"
 POSITIONS_SUBJECT = "mt5.positions"
 DEALS_SUBJECT = "mt5.deals"
+QUOTES_SUBJECT = "mt5.quotes"
+TICK_SUBJECT = "mt5.tick"
 
 
 class OrderRequest(OrderStatusMessage, frozen=True, kw_only=True):
@@ -200,3 +208,25 @@ class DealsQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 class DealsReport(msgspec.Struct, frozen=True, kw_only=True):
     deals: list[BrokerFill]
+
+
+class BrokerQuote(msgspec.Struct, frozen=True, kw_only=True):
+    symbol: str
+    bid: float
+    ask: float
+    time: datetime
+    # False outside the symbol's trading session (MT5: trade mode disabled / market closed).
+    trade_allowed: bool = True
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2
+
+
+class QuotesQuery(msgspec.Struct, frozen=True, kw_only=True):
+    # None: every symbol the connector trades.
+    symbols: list[str] | None = None
+
+
+class QuotesReport(msgspec.Struct, frozen=True, kw_only=True):
+    quotes: list[BrokerQuote]

@@ -25,6 +25,7 @@ from messages.enums import (
 # Namespaces for the ids derived deterministically, so a replay derives the same ids again.
 ORDER_NAMESPACE = uuid.UUID("6c3f0f6e-8f0b-4c64-a9a6-0e6d2b7a1f01")
 EXECUTION_NAMESPACE = uuid.UUID("6c3f0f6e-8f0b-4c64-a9a6-0e6d2b7a1f02")
+SIGNAL_ALERT_SUBJECT = "signals.alert"
 
 
 def order_id_for(signal_id: uuid.UUID) -> uuid.UUID:
@@ -80,6 +81,9 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     time_in_force: TimeInForce = TimeInForce.GTC
     expires_at: datetime | None = None
     timeframe: str = ""
+    # A digest of the signal's content: a replay of the same signal_id with other content is
+    # a conflict, not a duplicate (see messages.signal.fingerprint).
+    signal_fingerprint: str = ""
     # close_long / close_short: the order closes one position, whose ticket the position
     # keeper names before submission.
     closes_position: bool = False
@@ -176,11 +180,32 @@ class OrderStatusMessage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """Published on the dead-letter subject for every input the service refused."""
+    """Published on the dead-letter subject for every input the service refused.
+
+    Bounded whatever arrived: ``payload`` is an excerpt (the whole of any normal signal); the
+    full payload stays in the signals stream at ``stream_seq`` (``nats stream get``), and
+    ``payload_sha256`` identifies it.
+    """
 
     subject: str
     reason: str
     detail: str
     field: str | None
     payload: str
+    payload_size: int
+    payload_sha256: str
+    payload_truncated: bool
+    stream: str | None
+    stream_seq: int | None
+    deliveries: int
+    signal_id: str | None
     received_at: datetime
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """Published on ``signals.alert`` for what an operator must look at (a conflicting replay)."""
+
+    kind: str
+    signal_id: str | None
+    detail: str
+    at: datetime

@@ -1,35 +1,41 @@
 """The ``execution-service`` command.
 
-run        run the service until SIGTERM/SIGINT (then drain and stop)
-demo       paper trading: the simulated connector, the service, a handful of signals, a report
-show ID    trace one order (order_id or signal_id): its actor, alive or not, live state, history
-cancel ID  cancel an open order
+run        run the service until SIGTERM, SIGINT or SIGHUP (then drain and stop)
+demo       paper trading: the simulated connector, the service, a handful of signals, a report;
+           from a fresh state in run_dir/demo each time (--keep-state keeps it)
+show ID    trace one order: its actor, alive or not, live state, history
+cancel ID  cancel an open order and follow it until it ends (exit 0 only if it ended cancelled)
+           (ID: an order_id or a signal_id, or the start of either that names one order)
 positions  positions as the position keeper holds them
 ps         every actor of the running service: role, process id, address, what it holds
-sql QUERY  a read-only query, answered by the running service (chdb has one owner)
-migrate    apply the ClickHouse migrations (the service also does this at start)
+sql QUERY  one statement, run read-only (ClickHouse's readonly) by the running service (chdb has
+           one owner) in its database; --param NAME=VALUE binds {NAME:Type} or %(NAME)s
+migrate    apply the ClickHouse migrations and create what the schema lacks (the service also
+           does this at start)
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
+import contextlib
+import re
 import sys
+import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
+from actors.lifecycle import TERMINAL
 from messages.actor import (
-    CancelOrder,
+    CancelAnswer,
+    CancelRequest,
     Directory,
     GetDirectory,
     GetHistory,
-    GetPeers,
     GetPositions,
     GetState,
     History,
     OrderDirectoryEntry,
     OrderState,
-    Peers,
     Ping,
     Pong,
     PositionsSnapshot,
@@ -37,11 +43,23 @@ from messages.actor import (
     QueryResult,
     ShowOrder,
 )
+from messages.enums import OrderStatus
 from messages.order import OrderEvent
 from messages.position import Position
 from service.config import Settings, load_settings
+from system import Refused, admin_port_open, join, run
 
 ASK_TIMEOUT_S = 10.0
+CANCEL_WAIT_S = 30.0
+FOLLOW_INTERVAL_S = 0.2
+ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
+# The orders whose order_id or signal_id starts with a prefix; order_events is the history
+# every order has, whatever its latest state is kept in.
+RESOLVE_SQL = (
+    "SELECT DISTINCT toString(order_id) FROM {db}.order_events "
+    "WHERE startsWith(toString(order_id), {{prefix:String}}) OR startsWith(toString(signal_id), {{prefix:String}}) LIMIT 4"
+)
+T = TypeVar("T")
 
 
 def table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
@@ -74,35 +92,60 @@ def positions_table(positions: list[Position]) -> str:
 
 
 class Client:
-    """A handle on the running service's actor system (it never shuts that system down)."""
+    """A handle on the running service's actor system (it never shuts that system down).
+    Whatever it cannot do raises Refused, with the reason."""
 
     def __init__(self, settings: Settings) -> None:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", settings.admin_port)) != 0:
-                raise SystemExit(f"no execution-service is running on admin port {settings.admin_port}")
-        from system import connect
+        self.settings = settings
+        joined = join(settings)
+        if joined is None:
+            port = settings.admin_port
+            if admin_port_open(port):
+                raise Refused(f"what is on admin port {port} does not answer as a running execution-service (starting or stopping?)")
+            raise Refused(f"no execution-service is running on admin port {port}")
+        self.actor_system, self.supervisor, self.peers = joined
 
-        self.actor_system, self.supervisor = connect(settings)
-        self.peers: Peers = self.ask(self.supervisor, GetPeers())
+    def ask(self, target: Any, message: Any, kind: type[T]) -> T:
+        answer = self.actor_system.ask(target, message, ASK_TIMEOUT_S)
+        if not isinstance(answer, kind):
+            raise Refused(f"the service did not answer {type(message).__name__} within {ASK_TIMEOUT_S:.0f}s")
+        return answer
 
-    def ask(self, target: Any, message: Any) -> Any:
-        return self.actor_system.ask(target, message, ASK_TIMEOUT_S)
+    def resolve(self, key: str) -> uuid.UUID:
+        """The order_id of the one order whose order_id or signal_id is or starts with ``key``
+        (a full id the history does not have yet is passed on as it is: the supervisor may
+        hold its order before it is recorded)."""
+        prefix = key.strip().lower()
+        if not ID_PREFIX.fullmatch(prefix):
+            raise Refused(f"{key!r} is not an order_id or signal_id, nor the start of one")
+        sql = RESOLVE_SQL.format(db=self.settings.clickhouse_database)
+        result = self.ask(self.peers.recorder, Query(sql, {"prefix": prefix}), QueryResult)
+        if result.error:
+            raise Refused(f"could not look {key} up: {one_line(result.error)}")
+        matches = sorted(row[0] for row in result.rows)
+        if len(matches) == 1:
+            return uuid.UUID(matches[0])
+        if matches:
+            raise Refused(f"{key} is ambiguous: it starts the ids of several orders ({', '.join(matches[:3])}, ...); give more of it")
+        with contextlib.suppress(ValueError):
+            return uuid.UUID(prefix)
+        raise Refused(f"no order_id or signal_id starts with {key}")
 
     def processes(self) -> str:
-        directory: Directory = self.ask(self.supervisor, GetDirectory())
+        directory = self.ask(self.supervisor, GetDirectory(), Directory)
         roles = [self.supervisor, *(getattr(directory.peers, name) for name in directory.peers.__struct_fields__[1:])]
-        pongs = [self.ask(address, Ping()) for address in [*roles, *directory.order_actors] if address is not None]
+        pongs = [self.actor_system.ask(address, Ping(), ASK_TIMEOUT_S) for address in [*roles, *directory.order_actors] if address is not None]
         return table(["role", "pid", "address", "doing"], [(p.role, p.pid, p.address, p.doing) for p in pongs if isinstance(p, Pong)])
 
     def trace(self, key: uuid.UUID) -> str:
-        entry: OrderDirectoryEntry = self.ask(self.supervisor, ShowOrder(key))
-        history: History = self.ask(self.peers.recorder, GetHistory(entry.order_id))
+        entry = self.ask(self.supervisor, ShowOrder(key), OrderDirectoryEntry)
+        history = self.ask(self.peers.recorder, GetHistory(entry.order_id or key), History)
         known = entry.order or (history.events[-1].order if history.events else None)
         if known is None:
-            return f"no order known for {key}"
+            raise Refused(f"no order known for {key}")
         lines = [f"order     {known.order_id}", f"signal    {known.signal_id}"]
         if entry.active:
-            state = self.ask(entry.actor, GetState(entry.order_id))
+            state = self.actor_system.ask(entry.actor, GetState(known.order_id), ASK_TIMEOUT_S)
             alive = isinstance(state, OrderState)
             lines.append(f"actor     {entry.actor_address}  alive: {'yes, pid ' + str(state.pid) if alive else 'no answer'}")
             if alive and state.order is not None:
@@ -115,54 +158,94 @@ class Client:
         lines += ["history:", history_table(history.events)]
         return "\n".join(lines)
 
+    def cancel(self, key: uuid.UUID, reason: str, wait_s: float) -> str:
+        """Cancel the order and follow it until it ends: Refused unless it ended cancelled."""
+        answer = self.ask(self.supervisor, CancelRequest(key, reason), CancelAnswer)
+        if not answer.accepted:
+            raise Refused(f"cancel refused: {answer.reason}")
+        order_id = answer.order_id
+        print(f"cancel of order {order_id} accepted: {answer.reason}; following it...", flush=True)
+        deadline = time.monotonic() + wait_s
+        while (status := self.status(order_id)) not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(FOLLOW_INTERVAL_S)
+        if status is OrderStatus.CANCELLED:
+            return f"order {order_id} cancelled"
+        if status in TERMINAL:
+            raise Refused(f"order {order_id} ended {status.value}, not cancelled")
+        raise Refused(f"order {order_id} is still {status.value if status else 'unrecorded'} {wait_s:.0f}s after the cancel was accepted")
+
+    def status(self, order_id: uuid.UUID) -> OrderStatus | None:
+        """The order's latest recorded status (None before anything of it is recorded)."""
+        history = self.ask(self.peers.recorder, GetHistory(order_id), History)
+        return max(history.events, key=lambda e: e.seq).status if history.events else None
+
+
+def one_line(text: str) -> str:
+    return text.strip().partition("\n")[0]
+
+
+def parameter(text: str) -> tuple[str, str]:
+    name, _, value = text.partition("=")
+    return name, value
+
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        command(argv)
+    except Refused as refusal:
+        sys.exit(str(refusal))
+
+
+def command(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="execution-service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run")
     demo = commands.add_parser("demo")
     demo.add_argument("--keep-running", action="store_true", help="leave the service and the simulator running")
-    commands.add_parser("show").add_argument("id", type=uuid.UUID)
+    demo.add_argument("--keep-state", action="store_true", help="start from the last demo's orders and positions")
+    id_help = "an order_id or signal_id, or the start of either"
+    commands.add_parser("show").add_argument("id", help=id_help)
     cancel = commands.add_parser("cancel")
-    cancel.add_argument("id", type=uuid.UUID)
+    cancel.add_argument("id", help=id_help)
     cancel.add_argument("--reason", default="operator")
+    cancel.add_argument("--wait", type=float, default=CANCEL_WAIT_S, metavar="SECONDS", help="how long to follow the order")
     commands.add_parser("positions")
     commands.add_parser("ps")
-    commands.add_parser("sql").add_argument("query")
+    sql = commands.add_parser("sql")
+    sql.add_argument("query")
+    sql.add_argument("--param", type=parameter, action="append", default=[], metavar="NAME=VALUE")
     commands.add_parser("migrate")
     args = parser.parse_args(argv)
     settings = load_settings()
 
     if args.command == "run":
-        from system import run
-
         run(settings)
     elif args.command == "demo":
         from service.demo import run_demo
 
-        run_demo(settings, keep_running=args.keep_running)
+        run_demo(settings, keep_running=args.keep_running, keep_state=args.keep_state)
     elif args.command == "migrate":
-        from service.store import connect, migrate
+        from service.store import connect, ensure_schema, migrate
 
-        applied = migrate(connect(settings.dsn, settings.clickhouse_database), settings.clickhouse_database)
+        clickhouse = connect(settings.dsn, settings.clickhouse_database)
+        applied = migrate(clickhouse, settings.clickhouse_database)
+        ensure_schema(clickhouse, settings.clickhouse_database)
         print(f"applied: {', '.join(applied) or 'nothing, the schema is current'}")
     else:
         client = Client(settings)
         if args.command == "show":
-            print(client.trace(args.id))
+            print(client.trace(client.resolve(args.id)))
         elif args.command == "cancel":
-            client.actor_system.tell(client.supervisor, CancelOrder(args.id, args.reason))
-            client.ask(client.supervisor, Ping())  # the tell has left this process once this is answered
-            print(f"cancel of {args.id} sent; `execution-service show {args.id}` follows it")
+            print(client.cancel(client.resolve(args.id), args.reason, args.wait))
         elif args.command == "positions":
-            snapshot: PositionsSnapshot = client.ask(client.peers.positions, GetPositions())
+            snapshot = client.ask(client.peers.positions, GetPositions(), PositionsSnapshot)
             print(positions_table(snapshot.positions))
         elif args.command == "ps":
             print(client.processes())
         elif args.command == "sql":
-            result: QueryResult = client.ask(client.peers.recorder, Query(args.query))
+            result = client.ask(client.peers.recorder, Query(args.query, dict(args.param)), QueryResult)
             if result.error:
-                sys.exit(result.error)
+                raise Refused(one_line(result.error))
             print(table(result.columns, result.rows))
 
 

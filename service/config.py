@@ -13,6 +13,8 @@ from pathlib import Path
 
 import msgspec
 
+from model.pretrade import Limits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,6 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # subjects are fixed by the contract, so one NATS server holds one set of them.
     stream_prefix: str = "EXEC"
     dead_letter_subject: str = "signals.deadletter"
+    # JetStream delivers a signal at most this often (then its advisory makes it a dead letter).
+    signal_max_deliver: int = 20
     idempotency_window_hours: float = 24.0
     cross_check_trading_signals: bool = False
     default_order_type: str = "market"
@@ -42,12 +46,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     broker_timeout_s: float = 5.0
     reconcile_interval_s: float = 30.0
     auto_correct_positions: bool = False
+    # Pre-trade limits (model.pretrade.Limits): the fat-finger band around the last quote, lots
+    # per order, lots open per symbol, and how soon a GTD order may expire.
+    price_band_pct: float = 5.0
+    max_order_volume: float = 20.0
+    max_symbol_exposure: float = 100.0
+    min_expiry_s: float = 30.0
     batch_size: int = 500
     batch_window_ms: int = 50
     # Events held by the recorder (not yet in ClickHouse, or not yet confirmed by Kafka and
     # NATS) beyond which ingress stops taking signals; they wait in JetStream meanwhile.
     max_held_events: int = 50_000
     log_level: str = "INFO"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            price_band_pct=self.price_band_pct,
+            max_order_volume=self.max_order_volume,
+            max_symbol_exposure=self.max_symbol_exposure,
+            min_expiry_s=self.min_expiry_s,
+        )
 
     @property
     def dsn(self) -> str:

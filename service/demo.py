@@ -1,10 +1,16 @@
 """Paper trading in one command: the simulated connector, the service, a handful of signals,
-and what became of them (states, fills, slippage, positions, refusals)."""
+and what became of them (states, fills, slippage, positions, refusals).
+
+The demo keeps its state in run_dir/demo, wiped at every start unless asked to keep it, so
+its report shows this run's orders and positions only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +28,9 @@ from messages.codec import decode, encode
 from messages.order import order_id_for
 from service.cli import positions_table, table
 from service.config import Settings
+from service.processes import die_with_parent
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
-from system import Service
+from system import Service, StopSignals, claim
 
 SETTLE_S = 4.0
 
@@ -96,7 +103,10 @@ class Nats:
 def start_simulator(settings: Settings) -> subprocess.Popen[bytes]:
     log = open(Path(settings.run_dir) / "logs" / "simulator.log", "ab")
     env = {**os.environ, "EXEC_NATS_URL": settings.nats_url, "SIM_STATE_FILE": str(Path(settings.run_dir) / "simulator-state.json")}
-    return subprocess.Popen([sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    # The simulator goes with the demo, however the demo ends.
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: die_with_parent(signal.SIGTERM)
+    )
 
 
 def report(service: Service, sent: list[tuple[str, dict[str, Any]]], bus: Nats) -> str:
@@ -107,7 +117,7 @@ def report(service: Service, sent: list[tuple[str, dict[str, Any]]], bus: Nats) 
         Query(
             "SELECT toString(o.order_id), o.order_status, o.order_type, o.side, o.filled_quantity, o.quantity, "
             "o.average_fill_price, round(avgIf(e.slippage_pips, e.deal != 0), 2), countIf(e.deal != 0), o.rejection_reason, o.actor_address "
-            "FROM suho_analytics.orders AS o FINAL LEFT JOIN suho_analytics.executions AS e FINAL ON e.order_id = o.order_id "
+            "FROM suho_analytics.orders AS o LEFT JOIN suho_analytics.executions AS e ON e.order_id = o.order_id "
             "WHERE toString(o.order_id) IN {ids:Array(String)} "
             "GROUP BY o.order_id, o.order_status, o.order_type, o.side, o.filled_quantity, o.quantity, o.average_fill_price, o.rejection_reason, o.actor_address",
             {"ids": order_ids},
@@ -124,28 +134,34 @@ def report(service: Service, sent: list[tuple[str, dict[str, Any]]], bus: Nats) 
             status, kind, side, filled, quantity, price, slip, deals, reason, actor = rows[order_id]
             outcome = f"{status} {filled}/{quantity}" + (f" @ {price} in {deals} deal(s), slippage {slip} pips" if deals else "")
             outcome += f" ({reason})" if reason else ""
-            lines.append((what, f"{payload['symbol']} {kind} {side}", outcome, actor))
+            lines.append((what, order_id, f"{payload['symbol']} {kind} {side}", outcome, actor))
         elif order_id in seen:
-            lines.append((what, payload["symbol"], f"same order {order_id[:8]}: not executed twice", ""))
+            lines.append((what, order_id, payload["symbol"], "the same order: not executed twice", ""))
         else:
-            lines.append((what, payload["symbol"], f"dead-lettered: {refused.get(raw, '?')}", ""))
+            lines.append((what, "", payload["symbol"], f"dead-lettered: {refused.get(raw, '?')}", ""))
         seen.add(order_id)
     positions: PositionsSnapshot = ask(service.peers.positions, GetPositions(), 10)
     return "\n\n".join(
         [
-            table(["signal", "order", "what happened", "order actor"], lines),
+            table(["signal", "order_id", "order", "what happened", "order actor"], lines),
             "positions (from fills, hedging):\n" + positions_table(positions.positions),
         ]
     )
 
 
-def run_demo(settings: Settings, keep_running: bool) -> None:
+def run_demo(settings: Settings, keep_running: bool, keep_state: bool) -> None:
+    signals = StopSignals()
+    settings = msgspec.structs.replace(settings, run_dir=str(Path(settings.run_dir) / "demo"))
+    claim(settings)  # first: the state of a demo that is running is never wiped
+    if not keep_state:
+        shutil.rmtree(settings.run_dir, ignore_errors=True)
     Path(settings.run_dir, "logs").mkdir(parents=True, exist_ok=True)
-    simulator = start_simulator(settings)
+    simulator: subprocess.Popen[bytes] | None = None
     service: Service | None = None
     bus: Nats | None = None
     try:
-        service = Service(settings)
+        simulator = start_simulator(settings)
+        service = Service(settings, signals)
         bus = Nats(settings)
         deadline = time.monotonic() + 20
         while True:
@@ -163,17 +179,24 @@ def run_demo(settings: Settings, keep_running: bool) -> None:
         print(f"sent {len(sent)} signals; letting them settle for {SETTLE_S:.0f}s...\n", flush=True)
         time.sleep(SETTLE_S)
         print(report(service, sent, bus), flush=True)
-        print(f"\nlogs: {settings.run_dir}/logs (service.log, simulator.log); trace an order: execution-service show <order_id>")
+        print(f"\nlogs: {settings.run_dir}/logs (service.log, simulator.log)")
         if keep_running:
-            print("the service and the simulator keep running; Ctrl-C stops them", flush=True)
+            print(
+                "the service and the simulator keep running; Ctrl-C stops them. Meanwhile, try\n"
+                "  .venv/bin/execution-service show <order_id, or its first 8 characters>\n"
+                "  .venv/bin/execution-service ps",
+                flush=True,
+            )
             threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as received:
+        print(f"{received}: stopping", flush=True)
     finally:
+        signals.ignore()
         if bus is not None:
             bus.close()
         if service is not None:
             service.stop()
-        simulator.terminate()
-        simulator.wait(10)
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(10)
         print("stopped the service and the simulator", flush=True)

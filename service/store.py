@@ -2,27 +2,41 @@
 
 Embedded chdb opens its on-disk database from one process at a time, so inside the running
 service only the ClickHouse writer actor holds a Store; everything else asks it.
+
+The service writes every version of its orders, executions and positions to tables of its
+own (order_versions, execution_records, position_versions) and reads them; other services
+read views of one row each under upstream's names (orders, executions, positions).
 """
 
 from __future__ import annotations
 
+import importlib
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from importlib import resources
+from typing import Any, NamedTuple
 
 import clickhouse_connect
 import msgspec
+from clickhouse_connect.driver.binding import bind_query
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
+from actors.lifecycle import slippage
 from messages.codec import encode
+from messages.enums import Side
 from messages.order import Fill, OrderEvent
 from messages.position import Position
+from messages.symbols import SYMBOLS
 from service.logs import Log
 
 log = Log(__name__)
 
 TERMINAL_STATUSES = ("filled", "cancelled", "rejected", "failed")
+# What a write into a table or database that is not there fails with (dropped while running).
+SCHEMA_MISSING = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 
 
 def connect(dsn: str, database: str) -> Client:
@@ -35,14 +49,25 @@ def connect(dsn: str, database: str) -> Client:
     return client
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration shipped, in order."""
+class Migration(NamedTuple):
+    version: int
+    name: str
+    apply: Callable[[Client, str], None]
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped, in order (see service/migrations/__init__.py)."""
     found = []
     for entry in resources.files("service.migrations").iterdir():
+        version, _, _ = entry.name.partition("_")
+        if not version.isdigit():
+            continue
         if entry.name.endswith(".sql"):
-            version = int(entry.name.split("_", 1)[0])
-            found.append((version, entry.name, entry.read_text()))
-    return sorted(found)
+            found.append(Migration(int(version), entry.name, partial(run_sql, entry.read_text())))
+        elif entry.name.endswith(".py"):
+            module = importlib.import_module(f"service.migrations.{entry.name.removesuffix('.py')}")
+            found.append(Migration(int(version), entry.name, module.apply))
+    return sorted(found, key=lambda migration: migration.version)
 
 
 def migrate(client: Client, database: str) -> list[str]:
@@ -53,19 +78,28 @@ def migrate(client: Client, database: str) -> list[str]:
     )
     done = {row[0] for row in client.query(f"SELECT version FROM {database}.schema_migrations").result_rows}
     applied = []
-    for version, name, sql in migrations():
-        if version in done:
+    for migration in migrations():
+        if migration.version in done:
             continue
-        for statement in _statements(sql.replace("{db}", database)):
-            client.command(statement)
+        migration.apply(client, database)
         client.insert(
             f"{database}.schema_migrations",
-            [[version, name, datetime.now(UTC)]],
+            [[migration.version, migration.name, datetime.now(UTC)]],
             column_names=["version", "name", "applied_at"],
         )
-        applied.append(name)
-        log.info("migration %s applied", name)
+        applied.append(migration.name)
+        log.info("migration %s applied", migration.name)
     return applied
+
+
+def ensure_schema(client: Client, database: str) -> None:
+    """Create whatever service/schema.sql declares and the database lacks."""
+    run_sql(resources.files("service").joinpath("schema.sql").read_text(), client, database)
+
+
+def run_sql(sql: str, client: Client, database: str) -> None:
+    for statement in _statements(sql.replace("{db}", database)):
+        client.command(statement)
 
 
 def _statements(sql: str) -> list[str]:
@@ -73,12 +107,20 @@ def _statements(sql: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
+def order_slippage_pips(symbol: str, side: Side, average_fill_price: float | None, expected_price: float) -> float | None:
+    """An order's volume-weighted slippage in pips (positive = adverse), None before its first
+    fill: the slippage of its average fill price, as each fill's is measured."""
+    if average_fill_price is None:
+        return None
+    return slippage(side.sign, average_fill_price, expected_price, SYMBOLS[symbol])[1]
+
+
 ORDER_COLUMNS = [
     "order_id", "created_at", "signal_id", "symbol", "timeframe", "order_type", "side", "quantity",
     "price", "stop_price", "order_status", "broker_order_id", "submitted_at", "filled_at",
     "cancelled_at", "filled_quantity", "average_fill_price", "commission", "rejection_reason",
-    "error_message", "expected_price", "stop_loss", "take_profit", "time_in_force", "expires_at",
-    "close_position", "actor_address", "version", "updated_at",
+    "error_message", "expected_price", "slippage_pips", "stop_loss", "take_profit", "time_in_force",
+    "expires_at", "close_position", "signal_fingerprint", "actor_address", "version", "updated_at",
 ]  # fmt: skip
 
 EXECUTION_COLUMNS = [
@@ -107,8 +149,9 @@ def _order_row(event: OrderEvent) -> list[object]:
         o.order_id, o.created_at, o.signal_id, o.symbol, o.timeframe, o.order_type.value, o.side.value,
         o.quantity, o.price, o.stop_price, o.status.value, o.broker_order_id, o.submitted_at, o.filled_at,
         o.cancelled_at, o.filled_quantity, o.average_fill_price, o.commission, o.rejection_reason,
-        o.error_message, o.expected_price, o.stop_loss, o.take_profit, o.time_in_force.value, o.expires_at,
-        o.close_position, event.actor_address, o.version, event.at,
+        o.error_message, o.expected_price, order_slippage_pips(o.symbol, o.side, o.average_fill_price, o.expected_price),
+        o.stop_loss, o.take_profit, o.time_in_force.value, o.expires_at, o.close_position, o.signal_fingerprint,
+        event.actor_address, o.version, event.at,
     ]  # fmt: skip
 
 
@@ -146,8 +189,16 @@ class Store:
         self.database = database
         self.client = connect(dsn, database)
         migrate(self.client, database)
+        ensure_schema(self.client, database)
+        # Queries from outside the service (the sql command, tests) go through a client that
+        # ClickHouse itself keeps read-only. readonly=1, not 2: under 2 chdb still runs
+        # file() and INSERT INTO FUNCTION file(...). (1 forbids changing settings, so these
+        # queries carry none; over HTTP a server applies a request's readonly after checking
+        # the request's other settings, as clickhouse-connect sends them.)
+        self.reader = clickhouse_connect.get_client(dsn=dsn, database=database, settings={"readonly": 1})
 
     def close(self) -> None:
+        self.reader.close()
         self.client.close()
 
     def record_events(self, events: Sequence[OrderEvent]) -> None:
@@ -163,32 +214,51 @@ class Store:
         # Events first: they are what recovery folds, so a crash between tables loses nothing.
         self._insert("order_events", [_event_row(e) for e in events], EVENT_COLUMNS)
         if fills:
-            self._insert("executions", fills, EXECUTION_COLUMNS)
-        self._insert("orders", [_order_row(e) for e in latest.values()], ORDER_COLUMNS)
+            self._insert("execution_records", fills, EXECUTION_COLUMNS)
+        self._insert("order_versions", [_order_row(e) for e in latest.values()], ORDER_COLUMNS)
 
     def record_fills(self, fills: Iterable[Fill], actor_address: str) -> None:
         """Deals with no order of ours behind them (SL/TP/stop-out closes at the broker)."""
         now = datetime.now(UTC)
         rows = [_execution_row(fill, actor_address, now) for fill in fills]
         if rows:
-            self._insert("executions", rows, EXECUTION_COLUMNS)
+            self._insert("execution_records", rows, EXECUTION_COLUMNS)
 
     def record_positions(self, positions: Sequence[Position]) -> None:
         if positions:
-            self._insert("positions", [_position_row(p) for p in positions], POSITION_COLUMNS)
+            self._insert("position_versions", [_position_row(p) for p in positions], POSITION_COLUMNS)
 
     def _insert(self, table: str, rows: list[list[object]], columns: list[str]) -> None:
-        self.client.insert(f"{self.database}.{table}", rows, column_names=columns)
+        try:
+            self.client.insert(f"{self.database}.{table}", rows, column_names=columns)
+        except DatabaseError as exc:
+            if exc.code not in SCHEMA_MISSING:
+                raise
+            # Dropped while running: waiting would not bring it back, repairing does.
+            log.warning("writing %s: %s; repairing the schema and writing again", table, exc)
+            ensure_schema(self.client, self.database)
+            self.client.insert(f"{self.database}.{table}", rows, column_names=columns)
 
-    def signal_orders(self, window: timedelta) -> dict[uuid.UUID, uuid.UUID]:
-        """signal_id -> order_id of every order created within the idempotency window."""
+    def read_only(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(columns, rows) of one statement, run read-only, in the service's database by default.
+        Parameters bind as clickhouse-connect binds them: ``{name:Type}`` or ``%(name)s``."""
+        sql = sql.strip()
+        bound, _ = bind_query(sql, parameters, self.reader.server_tz)
+        # ClickHouse's parser refuses several statements (chdb itself would run them all).
+        self.reader.query("SELECT formatQuery({sql:String})", parameters={"sql": bound})
+        result = self.reader.query(sql, parameters=parameters)
+        return list(result.column_names), [tuple(row) for row in result.result_rows]
+
+    def signal_orders(self, window: timedelta) -> dict[uuid.UUID, tuple[uuid.UUID, str]]:
+        """signal_id -> (order_id, signal fingerprint) of every order created within the
+        idempotency window."""
         since = datetime.now(UTC) - window
         rows = self.client.query(
-            f"SELECT signal_id, any(order_id) FROM {self.database}.orders "
+            f"SELECT signal_id, any(order_id), any(signal_fingerprint) FROM {self.database}.order_versions "
             "WHERE created_at >= {since:DateTime64(3, 'UTC')} GROUP BY signal_id",
             parameters={"since": since},
         ).result_rows
-        return {row[0]: row[1] for row in rows}
+        return {signal_id: (order_id, fingerprint) for signal_id, order_id, fingerprint in rows}
 
     def signals_in_trading_signals(self, signal_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         """Which of these signals upstream recorded as approved in ``trading_signals``."""
@@ -220,8 +290,8 @@ class Store:
         rows = self.client.query(
             f"SELECT e.payload, o.stop_loss, o.take_profit FROM ("
             f"  SELECT execution_id, any(order_id) AS order_id, any(execution_timestamp) AS ts, any(deal) AS deal,"
-            f"  any(payload) AS payload FROM {self.database}.executions GROUP BY execution_id) AS e "
-            f"LEFT JOIN (SELECT order_id, stop_loss, take_profit FROM {self.database}.orders FINAL) AS o "
+            f"  any(payload) AS payload FROM {self.database}.execution_records GROUP BY execution_id) AS e "
+            f"LEFT JOIN (SELECT order_id, stop_loss, take_profit FROM {self.database}.order_versions FINAL) AS o "
             f"ON e.order_id = o.order_id ORDER BY e.ts, e.deal"
         ).result_rows
         return [(msgspec.json.decode(row[0], type=Fill), row[1], row[2]) for row in rows]

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from messages.order import SIGNAL_ALERT_SUBJECT
 from service.config import Settings
 from service.logs import Log
 
@@ -25,6 +26,13 @@ log = Log(__name__)
 _MAX_AGE_S = 7 * 24 * 3600.0
 # JetStream's own default dedup window, for the streams where dedup is not the point.
 _DEFAULT_DUPLICATE_WINDOW_S = 120.0
+# Signals on the contract's subject, and on the bare subject (no symbol token), which is not
+# the contract but is captured so that such a signal is dead-lettered rather than lost.
+BARE_SIGNAL_SUBJECT = "signals.approved"
+SIGNAL_SUBJECTS = ("signals.approved.>", BARE_SIGNAL_SUBJECT)
+# NATS's own default max_payload, stated: whatever the server accepts lands in the stream and
+# is refused by ingress with a dead letter (a bounded one), not by a silent publish failure.
+MAX_SIGNAL_MESSAGE_BYTES = 1024 * 1024
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -32,7 +40,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     p = settings.stream_prefix
     orders_window = settings.idempotency_window_hours * 3600.0
 
-    def cfg(suffix: str, subjects: list[str], window: float, description: str) -> StreamConfig:
+    def cfg(suffix: str, subjects: list[str], window: float, description: str, max_msg_size: int | None = None) -> StreamConfig:
         return StreamConfig(
             name=f"{p}_{suffix}",
             description=description,
@@ -41,24 +49,24 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             retention=RetentionPolicy.LIMITS,
             max_age=max(_MAX_AGE_S, window),
             duplicate_window=window,
+            max_msg_size=max_msg_size,
         )
 
     return [
-        cfg("SIGNALS", ["signals.approved.>"], _DEFAULT_DUPLICATE_WINDOW_S,
-            "risk-approved signals waiting to be executed"),
+        cfg("SIGNALS", list(SIGNAL_SUBJECTS), _DEFAULT_DUPLICATE_WINDOW_S,
+            "risk-approved signals waiting to be executed", MAX_SIGNAL_MESSAGE_BYTES),
         cfg("ORDERS", ["orders.>"], orders_window,
             "order requests and status; deduplicated by Nats-Msg-Id = order_id"),
         cfg("BROKER", ["broker.>"], _DEFAULT_DUPLICATE_WINDOW_S,
             "fills, errors and reports from mt5-connector"),
-        cfg("DEADLETTER", [settings.dead_letter_subject], _DEFAULT_DUPLICATE_WINDOW_S,
-            "rejected input with the reason"),
+        cfg("DEADLETTER", [settings.dead_letter_subject, SIGNAL_ALERT_SUBJECT], _DEFAULT_DUPLICATE_WINDOW_S,
+            "rejected input with the reason, and alerts about input"),
     ]
 
 
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     """Create each stream, or update it to the configuration above; safe to run every start."""
     for config in stream_configs(settings):
-        assert config.name is not None
         try:
             await js.stream_info(config.name)
         except NotFoundError:

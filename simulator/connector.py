@@ -37,10 +37,13 @@ from messages.broker import (
     MODIFY_SUBJECT,
     ORDER_STATUS_SUBJECT,
     POSITIONS_SUBJECT,
+    QUOTES_SUBJECT,
+    TICK_SUBJECT,
     BrokerCancelled,
     BrokerError,
     BrokerFill,
     BrokerPlaced,
+    BrokerQuote,
     CancelCause,
     CancelRequest,
     DealsQuery,
@@ -51,6 +54,8 @@ from messages.broker import (
     OrderStatusReport,
     PositionsQuery,
     PositionsReport,
+    QuotesQuery,
+    QuotesReport,
     RequestResult,
 )
 from messages.codec import ContractError, decode, encode
@@ -111,6 +116,10 @@ def _no_orders(order_id: uuid.UUID | None, retcode: int, comment: str) -> OrderS
 
 def _no_positions(order_id: uuid.UUID | None, retcode: int, comment: str) -> PositionsReport:
     return PositionsReport(positions=[])
+
+
+def _no_quotes(order_id: uuid.UUID | None, retcode: int, comment: str) -> QuotesReport:
+    return QuotesReport(quotes=[])
 
 
 def _no_deals(order_id: uuid.UUID | None, retcode: int, comment: str) -> DealsReport:
@@ -208,6 +217,7 @@ class Connector:
             (ORDER_STATUS_SUBJECT, self._order_status, _no_orders),
             (POSITIONS_SUBJECT, self._positions, _no_positions),
             (DEALS_SUBJECT, self._deals, _no_deals),
+            (QUOTES_SUBJECT, self._quotes, _no_quotes),
         ):
             await nc.subscribe(subject, cb=self._answering(handler, refusal))
         await nc.subscribe(self.config.control_subject, cb=self._on_control)
@@ -423,6 +433,21 @@ class Connector:
     async def _positions(self, data: bytes) -> msgspec.Struct:
         return self.book.positions_report(decode(data, PositionsQuery).symbol)
 
+    async def _quotes(self, data: bytes) -> msgspec.Struct:
+        wanted = decode(data, QuotesQuery).symbols
+        return QuotesReport(quotes=[self._quote_of(symbol) for symbol in sorted(self.market.quotes) if wanted is None or symbol in wanted])
+
+    def _quote_of(self, symbol: str) -> BrokerQuote:
+        quote, now = self.market.quote(symbol), self.clock.now()
+        return BrokerQuote(symbol=symbol, bid=quote.bid, ask=quote.ask, time=now, trade_allowed=self.book.session.is_open(now))
+
+    async def _publish_ticks(self, symbols: list[str]) -> None:
+        """The new quotes on core NATS (like the terminal's ticks: not stored, not re-sent)."""
+        if not self._online or self._nc is None:
+            return
+        for symbol in symbols:
+            await self._nc.publish(f"{TICK_SUBJECT}.{symbol}", encode(self._quote_of(symbol)))
+
     async def _deals(self, data: bytes) -> msgspec.Struct:
         query = decode(data, DealsQuery)
         until = self.clock.now() if query.until is None else _utc(query.until)
@@ -453,14 +478,17 @@ class Connector:
             self.faults.silence(control.silent_for_s)
             log.warning("fault: silent for %.2f s", control.silent_for_s)
         events: list[Event] = []
+        moved: set[str] = set()
         if (quote := control.set_quote) is not None:
             if quote.symbol not in self.market.specs:
                 raise ContractError("invalid_field", f"unknown symbol {quote.symbol}", "set_quote.symbol")
             self.market.set_quote(quote.symbol, quote.bid, quote.ask)
+            moved.add(quote.symbol)
             events += self.book.on_quote(quote.symbol, self.clock.now())
         for _ in range(control.step):
             now = self.clock.now()
             for symbol in self.market.step():
+                moved.add(symbol)
                 events += self.book.on_quote(symbol, now)
         if control.advance_s:
             self.clock.advance(control.advance_s)
@@ -470,6 +498,7 @@ class Connector:
             adjusted = self.book.adjust_position(adjust.ticket, adjust.volume)
             self._dirty = True
             log.warning("fault: position %s silently set to %s lots (found: %s)", adjust.ticket, adjust.volume, adjusted)
+        await self._publish_ticks(sorted(moved))
         await self._publish(events)
         return self.status(adjusted)
 
@@ -496,8 +525,10 @@ class Connector:
             await asyncio.sleep(self.config.tick_ms / 1000)
             now = self.clock.now()
             events: list[Event] = []
-            for symbol in self.market.step():
+            moved = self.market.step()
+            for symbol in moved:
                 events += self.book.on_quote(symbol, now)
+            await self._guarded(self._publish_ticks(moved))
             await self._guarded(self._publish(events))
 
     async def _replay(self, ticks: list[Tick]) -> None:
@@ -509,6 +540,7 @@ class Connector:
             await asyncio.sleep(pause)
             previous = tick.time
             self.market.set_quote(tick.symbol, tick.bid, tick.ask)
+            await self._guarded(self._publish_ticks([tick.symbol]))
             await self._guarded(self._publish(self.book.on_quote(tick.symbol, self.clock.now())))
         log.info("tick replay finished after %d ticks; prices stay where they are", len(ticks))
 

@@ -255,7 +255,9 @@ def execute(
             if restore:
                 saved_database = _scalar(conn, "SELECT currentDatabase()")
             conn.query(f"USE {_quote_identifier(database)}", "TSV")
-        for name, value in settings.items():
+        # A server checks a request's settings against those in force before it, so the
+        # request's own readonly binds its query, not its other settings: readonly goes last.
+        for name, value in sorted(settings.items(), key=lambda setting: setting[0] == "readonly"):
             if not _SETTING_NAME.match(name):
                 raise ClickHouseError(115, f"Code: 115. DB::Exception: Unknown setting '{name}'. (UNKNOWN_SETTING)")
             conn.query(f"SET {name} = {_quote(value)}", "TSV")

@@ -187,7 +187,7 @@ class RunningSystem:
         )
         self.logs = Path(self.settings.run_dir, "logs")
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.probe = NatsProbe(self.nats.url, ["orders.>", "signals.deadletter", "positions.alert"])
+        self.probe = NatsProbe(self.nats.url, ["orders.>", "signals.deadletter", "signals.alert", "positions.alert"])
         self.sim_env = sim_env or {}
         self.sim: subprocess.Popen[bytes] | None = None
         self.launcher: subprocess.Popen[bytes] | None = None
@@ -228,14 +228,24 @@ class RunningSystem:
             self.sim.wait(10)
             self.sim = None
 
-    def start_service(self) -> None:
+    def service_env(self) -> dict[str, str]:
+        """The environment of this system's service and of the CLI talking to it."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("EXEC_")}
-        env |= {f"EXEC_{name.upper()}": str(value) for name, value in msgspec.structs.asdict(self.settings).items()}
+        return env | {f"EXEC_{name.upper()}": str(value) for name, value in msgspec.structs.asdict(self.settings).items()}
+
+    def start_service(self) -> None:
         out = open(self.logs / "launcher.log", "ab")
         self.launcher = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-        )
+            [sys.executable, "-m", "service.cli", "run"], env=self.service_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True,
+        )  # fmt: skip
         self.connect()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``execution-service ARGS`` against this system, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "service.cli", *args], env=self.service_env(), cwd=REPO, capture_output=True, text=True, timeout=60
+        )
 
     def connect(self, timeout_s: float = 60.0) -> None:
         """(Re)join the service's actor system once its supervisor answers."""
@@ -340,7 +350,7 @@ class RunningSystem:
         return result.rows
 
     def order_row(self, order_id: uuid.UUID) -> dict[str, Any] | None:
-        result: QueryResult = self.ask("recorder", Query("SELECT * FROM suho_analytics.orders FINAL WHERE order_id = {id:UUID}", {"id": order_id}))
+        result: QueryResult = self.ask("recorder", Query("SELECT * FROM suho_analytics.orders WHERE order_id = {id:UUID}", {"id": order_id}))
         return dict(zip(result.columns, result.rows[0], strict=True)) if result.rows else None
 
     def wait_status(self, order_id: uuid.UUID, *statuses: str, timeout_s: float = 15.0) -> dict[str, Any]:

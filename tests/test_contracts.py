@@ -27,6 +27,7 @@ from messages.enums import (
     TradeAction,
 )
 from messages.order import (
+    Alert,
     DeadLetter,
     EventKind,
     Fill,
@@ -36,7 +37,7 @@ from messages.order import (
     order_id_for,
 )
 from messages.position import Position, PositionAlert, position_id_for
-from messages.signal import SignalRefused, TradingSignal, check_executable
+from messages.signal import TradingSignal
 from messages.symbols import SYMBOLS
 
 NOW = datetime(2026, 11, 24, 10, 30, 15, 123000, tzinfo=UTC)
@@ -127,7 +128,15 @@ MESSAGES = [
     wire.PositionsReport(positions=[wire.BrokerPosition(ticket=7, symbol="EURUSD", side=Side.BUY, volume=0.2, price_open=1.0845, price_current=1.0850, opened_at=NOW)], balance=1e5),
     Position(position_id=position_id_for(7), ticket=7, opened_at=NOW, symbol="EURUSD", side=PositionSide.LONG, quantity=0.2, entry_price=1.0845, entry_order_id=ORDER.order_id),
     PositionAlert(ticket=7, symbol="EURUSD", kind="volume_mismatch", ours=0.2, broker=0.3, detail="x", corrected=False, at=NOW),
-    DeadLetter(subject="signals.approved.EURUSD", reason="hold_signal", detail="x", field=None, payload="{}", received_at=NOW),
+    wire.BrokerQuote(symbol="EURUSD", bid=1.0849, ask=1.0850, time=NOW, trade_allowed=False),
+    wire.QuotesQuery(symbols=["EURUSD"]),
+    wire.QuotesReport(quotes=[wire.BrokerQuote(symbol="XAUUSD", bid=2649.8, ask=2650.0, time=NOW)]),
+    DeadLetter(
+        subject="signals.approved.EURUSD", reason="hold_signal", detail="x", field=None, payload="{}", payload_size=2,
+        payload_sha256="44136fa3", payload_truncated=False, stream="EXEC_SIGNALS", stream_seq=7, deliveries=1,
+        signal_id=str(SIGNAL_ID), received_at=NOW,
+    ),
+    Alert(kind="duplicate_conflict", signal_id=str(SIGNAL_ID), detail="x", at=NOW),
 ]  # fmt: skip
 
 
@@ -154,12 +163,6 @@ def signal_json(**fields: object) -> bytes:
     return msgspec.json.encode({k: v for k, v in base.items() if v is not ...})
 
 
-def test_a_valid_signal_decodes_and_is_executable() -> None:
-    signal = decode(signal_json(), TradingSignal)
-    check_executable(signal, "EURUSD", SYMBOLS)
-    assert signal.volume == 0.1 and signal.expected_price == 1.085
-
-
 def test_position_size_is_accepted_as_the_volume() -> None:
     signal = decode(signal_json(position_size_recommended=..., position_size=0.3), TradingSignal)
     assert signal.volume == 0.3
@@ -174,7 +177,6 @@ def test_position_size_is_accepted_as_the_volume() -> None:
         (signal_json(entry_price="1.08"), "invalid_field", "entry_price"),
         (signal_json(signal_id="not-a-uuid"), "invalid_field", "signal_id"),
         (signal_json(signal_type="buy_more"), "invalid_field", "signal_type"),
-        (signal_json(risk_approval_status=...), "invalid_field", None),
         (signal_json(position_size_recommended=True), "invalid_field", "position_size_recommended"),
     ],
 )
@@ -185,34 +187,6 @@ def test_bad_shapes_name_the_field(payload: bytes, reason: str, field: str | Non
     if field:
         assert refused.value.field == field
         assert f"$.{field}" in refused.value.detail
-    if payload == signal_json(risk_approval_status=...):
-        assert "risk_approval_status" in refused.value.detail
-
-
-@pytest.mark.parametrize(
-    ("fields", "subject_symbol", "reason"),
-    [
-        ({"risk_approval_status": "pending"}, "EURUSD", "not_approved"),
-        ({"risk_approval_status": "rejected"}, "EURUSD", "not_approved"),
-        ({"signal_type": "hold"}, "EURUSD", "hold_signal"),
-        ({"symbol": "DOGEUSD"}, "DOGEUSD", "unknown_symbol"),
-        ({}, "GBPUSD", "symbol_mismatch"),
-        ({"position_size_recommended": 0}, "EURUSD", "non_positive_volume"),
-        ({"position_size_recommended": -1.0}, "EURUSD", "non_positive_volume"),
-        ({"position_size_recommended": 0.015}, "EURUSD", "invalid_volume"),
-        ({"position_size_recommended": None}, "EURUSD", "missing_volume"),
-        ({"entry_price": None}, "EURUSD", "missing_price"),
-        ({"stop_loss": -1.0}, "EURUSD", "non_positive_price"),
-        ({"time_in_force": "GTD"}, "EURUSD", "missing_expiry"),
-    ],
-)
-def test_signals_that_must_not_execute_are_refused_with_their_reason(
-    fields: dict[str, object], subject_symbol: str, reason: str
-) -> None:
-    signal = decode(signal_json(**fields), TradingSignal)
-    with pytest.raises(SignalRefused) as refused:
-        check_executable(signal, subject_symbol, SYMBOLS)
-    assert refused.value.reason == reason
 
 
 def clickhouse_enums() -> dict[str, list[str]]:

@@ -20,14 +20,12 @@ APPROVED, PENDING_UPSTREAM, UNKNOWN_UPSTREAM = (signal("EURUSD", "buy", 0.1, 1.0
 # Upstream's rows are written before the service starts: embedded chdb has one owner at a time.
 WRITE_ROWS = """
 import sys, msgspec
-from datetime import datetime, UTC
+sys.path.insert(0, "tests")
 from service.store import Store
+from upstream import trading_signal_row
 store = Store(sys.argv[1], sys.argv[2])
-rows = [[r["signal_id"], r["symbol"], "H1", "buy", 0.1, 1.085, None, None, r["status"], datetime.now(UTC), datetime.now(UTC), "v", 0.7]
-        for r in msgspec.json.decode(sys.argv[3])]
-store.client.insert(f"{sys.argv[2]}.trading_signals", rows, column_names=[
-    "signal_id", "symbol", "timeframe", "signal_type", "position_size_recommended", "entry_price", "stop_loss",
-    "take_profit", "risk_approval_status", "signal_timestamp", "created_at", "model_version", "confidence_score"])
+rows = [trading_signal_row(r["signal_id"], r["status"], symbol=r["symbol"]) for r in msgspec.json.decode(sys.argv[3])]
+store.client.insert(f"{sys.argv[2]}.trading_signals", [list(r.values()) for r in rows], column_names=list(rows[0]))
 """
 
 
@@ -62,5 +60,5 @@ def test_only_signals_upstream_approved_are_executed(system: RunningSystem) -> N
     assert sorted(letter["reason"] for letter in letters) == ["not_in_trading_signals"] * 2
     refused = {uuid.UUID(msgspec.json.decode(letter["payload"])["signal_id"]) for letter in letters}
     assert refused == {uuid.UUID(PENDING_UPSTREAM["signal_id"]), uuid.UUID(UNKNOWN_UPSTREAM["signal_id"])}
-    orders = system.query("SELECT count() FROM suho_analytics.orders FINAL WHERE created_at >= {t:DateTime64(3, 'UTC')}", t=started)
+    orders = system.query("SELECT count() FROM suho_analytics.orders WHERE created_at >= {t:DateTime64(3, 'UTC')}", t=started)
     assert orders == [(1,)]

@@ -25,7 +25,7 @@ from nats.js.api import (
 )
 
 from service.config import Settings
-from service.streams import connect_nats, ensure_streams
+from service.streams import MAX_SIGNAL_MESSAGE_BYTES, connect_nats, ensure_streams
 
 T = TypeVar("T")
 
@@ -151,10 +151,10 @@ def test_ensure_streams_twice_is_harmless_and_restores_config(nats_settings: Set
 
         assert (await js.stream_info(f"{p}_BROKER")).state.messages == before  # nothing lost
         expected = {
-            f"{p}_SIGNALS": ["signals.approved.>"],
+            f"{p}_SIGNALS": ["signals.approved.>", "signals.approved"],
             f"{p}_ORDERS": ["orders.>"],
             f"{p}_BROKER": ["broker.>"],
-            f"{p}_DEADLETTER": [nats_settings.dead_letter_subject],
+            f"{p}_DEADLETTER": [nats_settings.dead_letter_subject, "signals.alert"],
         }
         for name, subjects in expected.items():
             config = (await js.stream_info(name)).config
@@ -162,6 +162,7 @@ def test_ensure_streams_twice_is_harmless_and_restores_config(nats_settings: Set
             assert config.storage == StorageType.FILE
             assert config.retention == RetentionPolicy.LIMITS
         assert (await js.stream_info(f"{p}_ORDERS")).config.duplicate_window == day
+        assert (await js.stream_info(f"{p}_SIGNALS")).config.max_msg_size == MAX_SIGNAL_MESSAGE_BYTES
         ack = await js.publish(nats_settings.dead_letter_subject, b'{"reason": "test"}')
         assert ack.stream == f"{p}_DEADLETTER"
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
 from test_simulator_book import PENDING  # the same cases, here over NATS
 
 from messages.broker import (
@@ -29,18 +30,23 @@ from messages.broker import (
     MODIFY_SUBJECT,
     ORDER_STATUS_SUBJECT,
     POSITIONS_SUBJECT,
+    QUOTES_SUBJECT,
+    TICK_SUBJECT,
     BrokerCancelled,
     BrokerError,
     BrokerFill,
     BrokerOrderState,
     BrokerPlaced,
+    BrokerQuote,
     CancelCause,
     DealsReport,
     OrderStatusReport,
     PositionsReport,
+    QuotesQuery,
+    QuotesReport,
     RequestResult,
 )
-from messages.codec import encode
+from messages.codec import decode, encode
 from messages.enums import (
     DealEntry,
     DealReason,
@@ -50,6 +56,7 @@ from messages.enums import (
     Retcode,
     Side,
 )
+from messages.symbols import SYMBOLS
 from simulator.client import SimClient, order_request
 from simulator.config import SimConfig
 from simulator.connector import NIL, Connector
@@ -291,6 +298,30 @@ def test_market_closed_outside_the_session_hours(nats_url):
             await client.submit(request)
             await client.until(lambda: client.of(BrokerError))
             assert client.of(BrokerError)[0].retcode == Retcode.MARKET_CLOSED
+
+    asyncio.run(scenario())
+
+
+def test_quotes_are_answered_and_every_change_is_published_as_a_tick(nats_url):
+    now = datetime.now(UTC)
+    closed = f"{(now + timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=2)):%H:%M}"
+
+    async def scenario() -> None:
+        async with running(nats_url, session=closed) as client:
+            ticks: list[BrokerQuote] = []
+
+            async def tick(msg: Msg) -> None:
+                ticks.append(decode(msg.data, BrokerQuote))
+
+            await client.nc.subscribe(f"{TICK_SUBJECT}.>", cb=tick)
+            await client.set_quote("USDJPY", 151.480, 151.500)
+            await client.until(lambda: bool(ticks))
+            assert (ticks[0].symbol, ticks[0].bid, ticks[0].ask, ticks[0].trade_allowed) == ("USDJPY", 151.48, 151.5, False)
+            report = await client.ask(QUOTES_SUBJECT, QuotesQuery(symbols=["USDJPY", "EURUSD"]), QuotesReport)
+            assert [q.symbol for q in report.quotes] == ["EURUSD", "USDJPY"]
+            assert (report.quotes[1].bid, report.quotes[1].ask, report.quotes[1].trade_allowed) == (151.48, 151.5, False)
+            everything = await client.ask(QUOTES_SUBJECT, QuotesQuery(), QuotesReport)
+            assert {q.symbol for q in everything.quotes} == set(SYMBOLS)
 
     asyncio.run(scenario())
 

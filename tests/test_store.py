@@ -26,6 +26,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError
 
 from messages.enums import (
     DealEntry,
@@ -46,7 +48,19 @@ from messages.order import (
     order_id_for,
 )
 from messages.position import Position, position_id_for
-from service.store import Store, connect, migrate, migrations
+from service.store import (
+    EXECUTION_COLUMNS,
+    ORDER_COLUMNS,
+    POSITION_COLUMNS,
+    Store,
+    _execution_row,
+    _order_row,
+    _position_row,
+    connect,
+    migrate,
+    migrations,
+)
+from upstream import ORDERS_DDL, POSITIONS_DDL, TRADING_SIGNALS_DDL, trading_signal_row
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -116,6 +130,26 @@ def _one(store: Store, sql: str, **parameters: object) -> list[tuple]:
 
 # ---- scenarios (each runs on both DSNs) ------------------------------------------------------
 
+# What service/schema.sql declares: the service's tables and the views under upstream's names.
+DECLARED = (
+    "order_versions", "execution_records", "position_versions", "order_events",
+    "orders", "executions", "positions", "trading_signals",
+)  # fmt: skip
+
+
+def schema(client: Client, database: str) -> dict[str, str]:
+    """Each declared object's CREATE statement as ClickHouse shows it, the database named ``db``."""
+    rows = client.query(
+        "SELECT name, replaceAll(create_table_query, {d:String}, 'db') FROM system.tables "
+        "WHERE database = {d:String} AND name IN {names:Array(String)}",
+        parameters={"d": database, "names": list(DECLARED)},
+    ).result_rows
+    return dict(rows)
+
+
+def columns(client: Client, table: str) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in client.query(f"DESCRIBE TABLE {table}").result_rows]
+
 
 def migrations_run_twice(dsn: str, database: str) -> None:
     shipped = migrations()
@@ -125,15 +159,15 @@ def migrations_run_twice(dsn: str, database: str) -> None:
         second = migrate(client, database)
     finally:
         client.close()
-    assert first == [name for _, name, _ in shipped], first
+    assert first == [migration.name for migration in shipped] == ["001_core_tables.sql", "002_upstream_names.py"], first
     assert second == [], second
     store = Store(dsn, database)  # a third run, as every start of the service does
     try:
         rows = _one(store, "SELECT version, count() FROM {db}.schema_migrations GROUP BY version ORDER BY version")
-        assert rows == [(version, 1) for version, _, _ in shipped], rows
-        tables = {row[0] for row in _one(store, "SELECT name FROM system.tables WHERE database = {d:String}", d=database)}
-        expected = {"schema_migrations", "orders", "executions", "positions", "order_events", "trading_signals"}
-        assert expected <= tables, tables
+        assert rows == [(migration.version, 1) for migration in shipped], rows
+        assert set(schema(store.client, database)) == set(DECLARED)
+        leftovers = _one(store, "SELECT name FROM system.tables WHERE database = {d:String} AND name LIKE 'trading_signals_%'", d=database)
+        assert leftovers == [], leftovers  # a fresh database's development trading_signals was empty: dropped
     finally:
         store.close()
 
@@ -141,8 +175,8 @@ def migrations_run_twice(dsn: str, database: str) -> None:
 def events_round_trip(dsn: str, database: str) -> None:
     store = Store(dsn, database)
     try:
-        filled = filled_lifecycle(new_order(), deal=5001)
-        opened = new_order(side=Side.SELL, order_type=OrderType.LIMIT, price=1.09, symbol="XAUUSD")
+        filled = filled_lifecycle(new_order(signal_fingerprint="fp-a"), deal=5001)
+        opened = new_order(side=Side.SELL, order_type=OrderType.LIMIT, price=1.09, symbol="XAUUSD", signal_fingerprint="fp-b")
         open_created = step(opened, EventKind.CREATED, OrderStatus.PENDING)
         open_submitted = step(open_created.order, EventKind.SUBMITTED, OrderStatus.SUBMITTED, submitted_at=_now())
         old = step(new_order(created_at=_now() - timedelta(days=2)), EventKind.CREATED, OrderStatus.PENDING)
@@ -160,26 +194,29 @@ def events_round_trip(dsn: str, database: str) -> None:
         open_now = sorted(store.latest_snapshots(open_only=True), key=lambda e: str(e.order_id))
         assert open_now == sorted([open_submitted, old], key=lambda e: str(e.order_id)), open_now
 
-        assert store.signal_orders(timedelta(hours=24)) == {a.signal_id: a.order_id, b.signal_id: b.order_id}
-        assert store.signal_orders(timedelta(days=3))[old.order.signal_id] == old.order_id
+        assert store.signal_orders(timedelta(hours=24)) == {a.signal_id: (a.order_id, "fp-a"), b.signal_id: (b.order_id, "fp-b")}
+        assert store.signal_orders(timedelta(days=3))[old.order.signal_id] == (old.order_id, "")
 
         rows = _one(
             store,
-            "SELECT order_status, side, order_type, quantity, filled_quantity, average_fill_price, broker_order_id, "
-            "stop_loss, take_profit, version, actor_address, toUnixTimestamp64Milli(created_at) "
-            "FROM {db}.orders FINAL WHERE order_id = {id:UUID}",
+            "SELECT order_status, state, side, order_type, quantity, filled_quantity, average_fill_price, fill_price, "
+            "entry_price, slippage_pips, broker_order_id, stop_loss, take_profit, signal_fingerprint, version, "
+            "actor_address, toUnixTimestamp64Milli(created_at) FROM {db}.orders WHERE order_id = {id:UUID}",
             id=a.order_id,
         )
         created_ms = round(a.created_at.timestamp() * 1000)
-        assert rows == [("filled", "buy", "market", 0.2, 0.2, 1.0853, "6001", 1.08, 1.095, 3, ACTOR, created_ms)], rows
+        assert rows == [
+            ("filled", "FILLED", "buy", "market", 0.2, 0.2, 1.0853, 1.0853, 1.085, 3.0, "6001", 1.08, 1.095, "fp-a", 3, ACTOR, created_ms)
+        ], rows
+        rows = _one(store, "SELECT state, fill_price, slippage_pips FROM {db}.orders WHERE order_id = {id:UUID}", id=b.order_id)
+        assert rows == [("SUBMITTED", None, None)], rows  # no slippage before a fill
 
         fill = filled[2].fill
         assert fill is not None
         assert store.fills_with_stops() == [(fill, 1.08, 1.095)]
         rows = _one(
             store,
-            "SELECT order_id, fill_price, fill_quantity, slippage, slippage_pips, side, entry, reason, deal "
-            "FROM {db}.executions FINAL",
+            "SELECT order_id, fill_price, fill_quantity, slippage, slippage_pips, side, entry, reason, deal FROM {db}.executions",
         )
         assert rows == [(a.order_id, 1.0853, 0.2, 0.0003, 3.0, "buy", "in", "client", 5001)], rows
     finally:
@@ -190,14 +227,18 @@ def latest_order_version_wins(dsn: str, database: str) -> None:
     store = Store(dsn, database)
     try:
         v1, v2, v3 = filled_lifecycle(new_order(), deal=7001)
+        store.client.command(f"SYSTEM STOP MERGES {database}.order_versions")  # so the versions are there to see
         for event in (v2, v3, v1):  # separate inserts, out of order
             store.record_events([event])
-        rows = _one(store, "SELECT order_status, version FROM {db}.orders FINAL WHERE order_id = {id:UUID}", id=v1.order_id)
-        assert rows == [("filled", 3)], rows
-        # Merged or not, every read that asks for the latest row sees version 3.
-        store.client.command(f"OPTIMIZE TABLE {database}.orders FINAL")
-        rows = _one(store, "SELECT order_status, version FROM {db}.orders WHERE order_id = {id:UUID}", id=v1.order_id)
-        assert rows == [("filled", 3)], rows
+        assert _one(store, "SELECT count() FROM {db}.order_versions") == [(3,)]
+        # A plain query on the view sees one row, the latest, and filters on it.
+        assert _one(store, "SELECT count() FROM {db}.orders") == [(1,)]
+        assert _one(store, "SELECT order_status, version FROM {db}.orders") == [("filled", 3)]
+        assert _one(store, "SELECT count() FROM {db}.orders WHERE order_status = 'pending'") == [(0,)]
+        store.client.command(f"SYSTEM START MERGES {database}.order_versions")
+        store.client.command(f"OPTIMIZE TABLE {database}.order_versions FINAL")
+        assert _one(store, "SELECT order_status, version FROM {db}.order_versions") == [("filled", 3)]
+        assert _one(store, "SELECT order_status, version FROM {db}.orders") == [("filled", 3)]
         assert store.latest_snapshots(open_only=False) == [v3]
         assert store.latest_snapshots(open_only=True) == []
     finally:
@@ -208,14 +249,15 @@ def rewritten_events_collapse(dsn: str, database: str) -> None:
     store = Store(dsn, database)
     try:
         events = filled_lifecycle(new_order(), deal=8001)
+        store.client.command(f"SYSTEM STOP MERGES {database}.execution_records")
         store.record_events(events)
         store.record_events(events)  # a retried batch: every row written again
         order_id = events[0].order_id
         rows = _one(store, "SELECT seq, count() FROM {db}.order_events FINAL WHERE order_id = {id:UUID} GROUP BY seq ORDER BY seq", id=order_id)
         assert rows == [(1, 1), (2, 1), (3, 1)], rows
         assert store.history(order_id) == events
-        rows = _one(store, "SELECT count() FROM {db}.executions FINAL WHERE deal = 8001")
-        assert rows == [(1,)], rows
+        assert _one(store, "SELECT count() FROM {db}.execution_records WHERE deal = 8001") == [(2,)]
+        assert _one(store, "SELECT count() FROM {db}.executions WHERE deal = 8001") == [(1,)]
         assert len(store.fills_with_stops()) == 1
     finally:
         store.close()
@@ -230,7 +272,7 @@ def deal_recorded_twice_is_one_row(dsn: str, database: str) -> None:
         )  # fmt: skip
         store.record_fills([stop], "test/positions")
         store.record_fills([stop], "test/positions")
-        rows = _one(store, "SELECT count(), any(reason), any(entry), any(isNull(order_id)) FROM {db}.executions FINAL WHERE deal = 9001")
+        rows = _one(store, "SELECT count(), any(reason), any(entry), any(isNull(order_id)) FROM {db}.executions WHERE deal = 9001")
         assert rows == [(1, "sl", "out", 1)], rows
         assert store.fills_with_stops() == [(stop, None, None)]
         store.record_fills([], "test/positions")  # nothing to write is fine
@@ -269,9 +311,10 @@ def positions_latest_write_wins(dsn: str, database: str) -> None:
             closed_at=_now(), realized_pnl=1025.0, unrealized_pnl=0.0, r_multiple=2.16, holding_period_hours=3.0,
             closed_quantity=0.5, exit_order_id=None, deals=(1, 2), updated_at=_now(),
         )  # fmt: skip
+        # Found at the broker: no order of ours, no stops.
         other = msgspec.structs.replace(
             position, position_id=position_id_for(4243), ticket=4243, side=PositionSide.LONG, entry_order_id=None,
-            updated_at=None,
+            stop_loss=None, take_profit=None, updated_at=None,
         )  # fmt: skip
         store.record_positions([closed])  # the later write arrives first
         store.record_positions([position, other])
@@ -279,12 +322,13 @@ def positions_latest_write_wins(dsn: str, database: str) -> None:
         rows = _one(
             store,
             "SELECT ticket, side, position_status, exit_reason, exit_price, realized_pnl, closed_quantity, "
-            "entry_order_id, exit_order_id, r_multiple FROM {db}.positions FINAL ORDER BY ticket",
+            "entry_order_id, exit_order_id, r_multiple, stop_loss, take_profit FROM {db}.positions ORDER BY ticket",
         )
         assert rows == [
-            (4242, "short", "closed", "take_profit", 2330.0, 1025.0, 0.5, order_id, None, 2.16),
-            (4243, "long", "open", None, None, 0.0, 0.0, None, None, None),
+            (4242, "short", "closed", "take_profit", 2330.0, 1025.0, 0.5, order_id, None, 2.16, 2360.0, 2330.0),
+            (4243, "long", "open", None, None, 0.0, 0.0, uuid.UUID(int=0), None, None, 0.0, 0.0),
         ], rows
+        assert _one(store, "SELECT count() FROM {db}.positions") == [(2,)]
     finally:
         store.close()
 
@@ -292,26 +336,145 @@ def positions_latest_write_wins(dsn: str, database: str) -> None:
 def approved_signals_in_trading_signals(dsn: str, database: str) -> None:
     store = Store(dsn, database)
     try:
-        now = _now()
         statuses = {uuid.uuid4(): status for status in ("approved", "rejected", "pending", "approved")}
-        store.client.insert(
-            f"{database}.trading_signals",
-            [
-                [sid, "EURUSD", "H1", "buy", 0.2, 1.085, 1.08, 1.095, status, now, now, "m-1", 0.8]
-                for sid, status in statuses.items()
-            ],
-            column_names=[
-                "signal_id", "symbol", "timeframe", "signal_type", "position_size_recommended", "entry_price",
-                "stop_loss", "take_profit", "risk_approval_status", "signal_timestamp", "created_at",
-                "model_version", "confidence_score",
-            ],
-        )  # fmt: skip
+        rows = [trading_signal_row(sid, status) for sid, status in statuses.items()]
+        store.client.insert(f"{database}.trading_signals", [list(row.values()) for row in rows], column_names=list(rows[0]))
         approved = {sid for sid, status in statuses.items() if status == "approved"}
         assert store.signals_in_trading_signals(list(statuses)) == approved
         # Many ids: over HTTP, clickhouse-connect moves long parameters into a form body.
         many = [uuid.uuid4() for _ in range(300)] + list(statuses)
         assert store.signals_in_trading_signals(many) == approved
         assert store.signals_in_trading_signals([uuid.uuid4()]) == set()
+    finally:
+        store.close()
+
+
+def views_and_trading_signals_are_upstreams_shape(dsn: str, database: str) -> None:
+    """Upstream's DDL, verbatim, in a database of its own: our views start with its columns,
+    names and types, in its order; trading_signals is its table exactly."""
+    store = Store(dsn, database)
+    theirs = f"{database}_upstream"
+    try:
+        store.client.command(f"CREATE DATABASE {theirs}")
+        for ddl in (ORDERS_DDL, POSITIONS_DDL, TRADING_SIGNALS_DDL):
+            store.client.command(ddl.replace("suho_analytics.", f"{theirs}.").rstrip().rstrip(";"))
+        for table in ("orders", "positions"):
+            upstream = columns(store.client, f"{theirs}.{table}")
+            ours = columns(store.client, f"{database}.{table}")
+            assert ours[: len(upstream)] == upstream, (table, ours)
+        assert columns(store.client, f"{database}.executions")[:7] == [
+            ("execution_id", "UUID"), ("order_id", "Nullable(UUID)"), ("fill_price", "Float64"), ("fill_quantity", "Float64"),
+            ("slippage", "Nullable(Float64)"), ("commission", "Float64"), ("execution_timestamp", "DateTime64(3, 'UTC')"),
+        ]  # fmt: skip
+        assert [name for name, _ in columns(store.client, f"{database}.orders")][21:25] == ["state", "entry_price", "fill_price", "slippage_pips"]
+        show = {db: _one(store, f"SHOW CREATE TABLE {db}.trading_signals")[0][0].replace(db, "db") for db in (database, theirs)}
+        assert show[database] == show[theirs], show
+    finally:
+        store.client.command(f"DROP DATABASE IF EXISTS {theirs}")
+        store.close()
+
+
+def migrated_from_001_ends_as_fresh(dsn: str, database: str) -> None:
+    """A deployment on 001 (the service's tables under upstream's names, a development
+    trading_signals of its own shape) is carried over: same schema as a fresh database, its
+    rows kept, its filled orders given their slippage in pips."""
+    client = connect(dsn, database)
+    try:
+        migrations()[0].apply(client, database)  # (unlogged: running it again is a no-op)
+        events = filled_lifecycle(new_order(), deal=11001)
+        before_002 = [column for column in ORDER_COLUMNS if column not in ("slippage_pips", "signal_fingerprint")]
+        for event in events:  # one version per insert, as the recorder wrote them
+            row = dict(zip(ORDER_COLUMNS, _order_row(event), strict=True))
+            client.insert(f"{database}.orders", [[row[column] for column in before_002]], column_names=before_002)
+        fill = events[2].fill
+        assert fill is not None
+        client.insert(f"{database}.executions", [_execution_row(fill, ACTOR, _now())], column_names=EXECUTION_COLUMNS)
+        position = Position(
+            position_id=position_id_for(fill.position_ticket), ticket=fill.position_ticket, opened_at=fill.execution_timestamp,
+            symbol="EURUSD", side=PositionSide.LONG, quantity=0.2, entry_price=1.0853, entry_order_id=fill.order_id,
+        )  # fmt: skip
+        client.insert(f"{database}.positions", [_position_row(position)], column_names=POSITION_COLUMNS)
+        dev_signal = uuid.uuid4()
+        client.command(
+            f"INSERT INTO {database}.trading_signals (signal_id, symbol, timeframe, signal_type, risk_approval_status, "
+            f"signal_timestamp, created_at, model_version) VALUES ('{dev_signal}', 'EURUSD', 'H1', 'hold', 'approved', now64(), now64(), 'dev')"
+        )
+    finally:
+        client.close()
+
+    store = Store(dsn, database)  # 002 and the schema, as the next start of the service does
+    fresh = Store(dsn, f"{database}_fresh")
+    try:
+        assert schema(store.client, database) == schema(fresh.client, f"{database}_fresh")
+        rows = _one(store, "SELECT order_id, state, version, slippage_pips, signal_fingerprint FROM {db}.orders")
+        assert rows == [(events[0].order_id, "FILLED", 3, 3.0, "")], rows
+        assert _one(store, "SELECT deal, slippage_pips FROM {db}.executions") == [(11001, 3.0)]
+        assert _one(store, "SELECT ticket, entry_order_id, stop_loss FROM {db}.positions") == [(fill.position_ticket, fill.order_id, 0.0)]
+        assert store.fills_with_stops() == [(fill, 1.08, 1.095)]
+        assert _one(store, "SELECT signal_id, signal_type FROM {db}.trading_signals_001") == [(dev_signal, "hold")]
+        assert _one(store, "SELECT count() FROM {db}.trading_signals") == [(0,)]
+        assert [row[0] for row in _one(store, "SELECT version FROM {db}.schema_migrations ORDER BY version")] == [1, 2]
+    finally:
+        fresh.close()
+        store.close()
+
+
+def schema_is_repaired(dsn: str, database: str) -> None:
+    """What is dropped by hand comes back: at the next start whatever the migration log says,
+    and a table the service writes at once, on the write that finds it missing."""
+    store = Store(dsn, database)
+    vandal = connect(dsn, database)
+    try:
+        created = schema(store.client, database)
+        first = filled_lifecycle(new_order(), deal=12001)
+        store.record_events(first)
+        vandal.command(f"DROP TABLE {database}.order_events")
+        vandal.command(f"DROP TABLE {database}.execution_records")
+        second = filled_lifecycle(new_order(), deal=12002)
+        store.record_events(second)  # repaired and written, not retried forever
+        assert store.history(second[0].order_id) == second
+        assert _one(store, "SELECT deal FROM {db}.executions") == [(12002,)]
+        assert _one(store, "SELECT count() FROM {db}.orders") == [(2,)]
+
+        for name in DECLARED:  # everything, views included, dropped by hand
+            vandal.command(f"DROP {'VIEW' if name in ('orders', 'executions', 'positions') else 'TABLE'} {database}.{name}")
+        store.close()
+        store = Store(dsn, database)  # the next start: nothing to migrate, the schema is repaired
+        assert schema(store.client, database) == created  # service/schema.sql is what the migrations make
+        store.record_events(filled_lifecycle(new_order(), deal=12003))
+        assert _one(store, "SELECT count() FROM {db}.orders") == [(1,)]
+    finally:
+        vandal.close()
+        store.close()
+
+
+def queries_from_outside_are_read_only(dsn: str, database: str) -> None:
+    """The sql command's path: one statement, ClickHouse's readonly, the service's database."""
+    store = Store(dsn, database)
+    try:
+        events = filled_lifecycle(new_order(), deal=13001)
+        store.record_events(events)
+        order_id = events[0].order_id
+        assert store.read_only("SELECT count() FROM orders", {}) == (["count()"], [(1,)])
+        assert store.read_only("SELECT state FROM orders WHERE order_id = {id:UUID};\n", {"id": order_id})[1] == [("FILLED",)]
+        assert store.read_only("SELECT state FROM orders WHERE order_id = %(id)s", {"id": str(order_id)})[1] == [("FILLED",)]
+        refused = {
+            "SELECT 1; DROP TABLE positions": "Multi-statements are not allowed",
+            "DROP TABLE positions": "READONLY",
+            f"INSERT INTO {database}.order_events (event_id) VALUES ('x')": "READONLY",
+            "CREATE TABLE t (x UInt8) ENGINE = Memory": "READONLY",
+            "SELECT * FROM file('/etc/hostname', 'LineAsString')": "READONLY",
+            "INSERT INTO FUNCTION file('leak.csv', 'CSV') SELECT 1": "READONLY",
+            "SELECT 1 SETTINGS readonly = 0": "READONLY",
+        }
+        for sql, reason in refused.items():
+            with pytest.raises(DatabaseError) as caught:
+                store.read_only(sql, {})
+            assert reason in str(caught.value), (sql, caught.value)
+        assert _one(store, "EXISTS TABLE {db}.positions") == [(1,)]
+        assert store.read_only("SELECT count() FROM orders", {}) == (["count()"], [(1,)])  # still answering
+        store.record_events(filled_lifecycle(new_order(), deal=13002))  # and the writer still writes
+        assert store.read_only("SELECT count() FROM orders", {})[1] == [(2,)]
     finally:
         store.close()
 
@@ -325,6 +488,10 @@ SCENARIOS: list[Scenario] = [
     fills_in_time_order_with_their_stops,
     positions_latest_write_wins,
     approved_signals_in_trading_signals,
+    views_and_trading_signals_are_upstreams_shape,
+    migrated_from_001_ends_as_fresh,
+    schema_is_repaired,
+    queries_from_outside_are_read_only,
 ]
 
 

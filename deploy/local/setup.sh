@@ -82,4 +82,4 @@ if [[ ! -f $stamp || $(<"$stamp") != "$want" ]] || ! "$VENV/bin/python" -c 'impo
     rm -f "$log"
     echo "$want" >"$stamp"
 fi
-say "ready: $("$VENV/bin/python" --version), venv $VENV"
+say "ready: $("$VENV/bin/python" --version), venv $VENV; the command is $VENV/bin/execution-service (not on PATH)"

@@ -1,0 +1,1 @@
+"""The order model: pure decisions about signals and orders, no I/O (tested alone)."""

@@ -1,0 +1,74 @@
+"""Processes as Linux shows them in /proc: who is alive, which session, since when.
+
+The Thespian admin daemonises into a session of its own and forks every actor inside it, so
+a session id names one actor system's processes. A pid alone can be reused; a pid with its
+start time cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name, the state first (OSError if
+    there is no such process)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def started_at(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None if there is no such process."""
+    with contextlib.suppress(OSError):
+        fields = _stat(pid)
+        if fields[0] != "Z":
+            return int(fields[19])
+    return None
+
+
+def own_start() -> int:
+    """When this process started (clock ticks since boot)."""
+    return int(_stat("self")[19])
+
+
+def _running(pid: int, state: str) -> bool:
+    """Not exited. A zombie state is not enough to tell: while a process exits, its main
+    thread may show Z with other threads still running and its files (and locks) still open."""
+    if state != "Z":
+        return True
+    return any(_stat(f"{pid}/task/{task.name}")[0] != "Z" for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+def session_members(session: int) -> list[int]:
+    """Every process of a session that is still running."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            pid = int(stat.parent.name)
+            fields = _stat(pid)
+            if int(fields[3]) == session and _running(pid, fields[0]):
+                members.append(pid)
+    return members
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL to every process of a session; the caller last, if it is one of them."""
+    for pid in sorted(session_members(session), key=lambda pid: pid == os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def die_with_parent(signum: int) -> None:
+    """Have the kernel send this process ``signum`` when its parent dies (Linux only)."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
+    if os.getppid() != parent:  # it died before the call
+        os.kill(os.getpid(), signum)
