@@ -138,14 +138,14 @@ def kill_role(role: str) -> Fault:
 def kill_order_actors(system: RunningSystem, rng: random.Random, load: Load) -> str:
     """Kill OrderActors while they hold orders: the broker is slowed down so that orders are
     in flight, and a few more signals arrive to be caught mid-way."""
-    system.control(latency_ms=400.0)
+    system.control(latency_ms=1000.0)  # long enough to be seen busy on a loaded machine
     quotes = system.control().quotes
     for _ in range(6):
         symbol = rng.choice(SYMBOL_CHOICES[:4])
         load.approved.append(signal(symbol, "buy", 0.1, quotes[symbol].ask))
         system.send(load.approved[-1])
     busy = wait_until(
-        lambda: [(pid, doing) for pid, doing in pids_of(system).get("OrderActor", []) if doing != "idle"], 5, 0.05, "busy actors"
+        lambda: [(pid, doing) for pid, doing in pids_of(system).get("OrderActor", []) if doing != "idle"], 15, 0.05, "busy actors"
     )
     chosen = rng.sample(busy, min(2, len(busy)))
     for pid, _ in chosen:
