@@ -138,7 +138,7 @@ def kill_role(role: str) -> Fault:
 def kill_order_actors(system: RunningSystem, rng: random.Random, load: Load) -> str:
     """Kill OrderActors while they hold orders: the broker is slowed down so that orders are
     in flight, and a few more signals arrive to be caught mid-way."""
-    system.control(latency_ms=1000.0)  # long enough to be seen busy on a loaded machine
+    system.control(latency_ms=700.0)  # busy long enough to be seen, under broker_timeout_s
     quotes = system.control().quotes
     for _ in range(6):
         symbol = rng.choice(SYMBOL_CHOICES[:4])
