@@ -32,6 +32,8 @@ from thespian.actors import ActorSystem, InvalidActorAddress
 from actors.supervisor import Supervisor
 from actors.watchdog import Watchdog
 from messages.actor import Drain, Drained, GetPeers, Peers, Ping, Pong, Start, Started, Watch
+from messages.control import GetStatus, ServiceStatus
+from service import metrics
 from service.config import Settings
 from service.processes import die_with_parent, kill_session, own_start, session_members, started_at
 
@@ -265,6 +267,7 @@ class Service:
         self.settings = settings
         self.signals = signals
         claim(settings)
+        metrics.start_afresh()
         with signals.deferred():  # an admin forked but not yet handed back could not be stopped
             self.actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, logDefs=log_defs(settings))
         try:
@@ -282,6 +285,7 @@ class Service:
             self.actor_system.shutdown()
             raise
         self.peers = started.peers
+        self.started = started
         log.info("service up on admin port %d; %d open orders recovered", settings.admin_port, started.open_orders)
 
     def ask(self, target: Any, message: Any, timeout_s: float = 10.0) -> Any:
@@ -292,6 +296,11 @@ class Service:
 
     def alive(self) -> bool:
         return isinstance(self.actor_system.ask(self.supervisor, Ping(), HEALTH_INTERVAL_S), Pong)
+
+    def reconciled_after(self) -> float | None:
+        """How long after the state was loaded the last recovered order was reconciled (None: not yet)."""
+        status = ask_for(self.actor_system, self.supervisor, GetStatus(), ServiceStatus, HEALTH_INTERVAL_S)
+        return status.reconciled_after_s if status is not None else None
 
     def stop(self) -> None:
         self.signals.ignore()
@@ -306,18 +315,31 @@ def run(settings: Settings) -> None:
     tree is killed and the service starts again from scratch (this process re-executes
     itself), which is the recovery path of a crash of the whole service.
     """
+    if settings.metrics_port:
+        metrics.collect_in(Path(settings.run_dir).resolve() / "metrics")
     signals = StopSignals()
     try:
         service = Service(settings, signals)
     except KeyboardInterrupt as received:
         print(f"{received}: stopped while starting", flush=True)
         return
+    if settings.metrics_port:
+        # Only now: a listening socket open when the admin forked would live on in every actor.
+        metrics.serve(settings.metrics_port)
     print(f"execution-service running (admin port {settings.admin_port}, logs in {settings.run_dir}/logs); Ctrl-C stops it", flush=True)
+    recovered, halt = service.started.open_orders, service.started.halt
+    print(f"{recovered} open orders rebuilt from ClickHouse{', being reconciled with the broker' if recovered else ''}", flush=True)
+    if halt is not None:
+        print(f"trading is HALTED since {halt.since:%Y-%m-%d %H:%M:%S} UTC ({halt.reason}): signals are refused until resumed", flush=True)
     try:
         missed = 0
+        reconciling = recovered > 0
         while True:
             time.sleep(HEALTH_INTERVAL_S)
             missed = 0 if service.alive() else missed + 1
+            if reconciling and (took := service.reconciled_after()) is not None:
+                print(f"recovery: all {recovered} open orders reconciled with the broker {took:.2f}s after the state was loaded", flush=True)
+                reconciling = False
             if missed >= MISSED_PINGS:
                 log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
                 signals.ignore()

@@ -10,8 +10,10 @@ from aiokafka import AIOKafkaProducer
 
 from actors.sink import SinkActor
 from messages.actor import Publish
+from messages.control import ServerCheck
 from messages.codec import encode
 from messages.order import OrderEvent
+from service.health import check_kafka
 from service.kafka import archive_producer, ensure_topic
 
 
@@ -27,6 +29,9 @@ class Archiver(SinkActor):
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
         self.enqueue(message.events, message.batch_id, sender)
+
+    async def check_servers(self) -> list[ServerCheck]:
+        return [await check_kafka(self.producer, self.settings)]
 
     async def write(self, batch: list[OrderEvent]) -> None:
         assert self.producer is not None

@@ -1,5 +1,5 @@
-"""What every role shares: it learns where restarted peers live, tells its process id, and
-counts the messages it sends."""
+"""What every role shares: it learns where restarted peers live, tells its process id, counts
+the messages it sends, and sets its gauges after each message it handles."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ class RoleActor(ActorTypeDispatcher):
     def send(self, target: Any, message: Any) -> None:
         self.sent[type(message).__name__] += 1
         super().send(target, message)
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:
+        handled = super().receiveMessage(message, sender)
+        self.set_gauges()
+        return handled
+
+    def set_gauges(self) -> None:
+        """Set this role's gauges from its state (after every message: they cost none of their own)."""
 
     def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
         self.peers = message

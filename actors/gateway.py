@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -34,9 +35,12 @@ from messages.actor import (
     Submit,
 )
 from messages.codec import ContractError, decode, encode
+from messages.control import ServerCheck
 from messages.order import OrderStatusMessage
 from messages.symbols import SYMBOLS
+from service import metrics
 from service.config import Settings
+from service.health import check_nats
 from service.logs import Log
 from service.streams import connect_nats, ensure_streams
 
@@ -74,6 +78,9 @@ class BrokerGateway(LoopActor):
         else:
             self.send(sender, Ready("gateway"))
 
+    async def check_servers(self) -> list[ServerCheck]:
+        return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
+
     async def _connect_and_consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)
         await ensure_streams(self.js, self.settings)
@@ -83,6 +90,7 @@ class BrokerGateway(LoopActor):
             stream=f"{self.settings.stream_prefix}_BROKER",
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=10),
         )
+        self.spawn(metrics.watch_consumer(self.js, f"{self.settings.stream_prefix}_BROKER", f"{self.settings.stream_prefix}_gateway"))
         self.deliver(configurer, Ready("gateway"))
         while True:
             try:
@@ -137,9 +145,9 @@ class BrokerGateway(LoopActor):
     def receiveMsg_Submit(self, message: Submit, sender: Any) -> None:
         request = message.request
         self.routes[request.order_id] = sender
-        self.spawn(self._publish_request(request, message.pending))
+        self.spawn(self._publish_request(request, message.pending, message.created_at))
 
-    async def _publish_request(self, request: wire.OrderRequest, pending: OrderStatusMessage | None) -> None:
+    async def _publish_request(self, request: wire.OrderRequest, pending: OrderStatusMessage | None, created_at: datetime | None) -> None:
         # Both go out at once, in this order on the one connection; their acks are awaited together.
         publishes = []
         if pending is not None:
@@ -147,6 +155,7 @@ class BrokerGateway(LoopActor):
         # The order_id as message id: JetStream drops a resend of the same order.
         publishes.append(self._publish(f"orders.submitted.{request.symbol}", request, str(request.order_id)))
         await asyncio.gather(*publishes)
+        metrics.submitted(created_at)
 
     async def _publish(self, subject: str, message: msgspec.Struct, message_id: str) -> None:
         backoff = 0.1

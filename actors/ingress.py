@@ -49,11 +49,14 @@ from messages.actor import (
     SignalsReceived,
 )
 from messages.codec import ContractError, decode, encode
+from messages.control import GetQuotes, Quotes, ServerCheck, SignalAlert
 from messages.order import SIGNAL_ALERT_SUBJECT, Alert, DeadLetter
 from messages.signal import SignalRefused, TradingSignal, fingerprint, parse_signal
 from messages.symbols import SYMBOLS
 from model.pretrade import check_signal
+from service import metrics
 from service.config import Settings
+from service.health import check_nats
 from service.logs import Log
 from service.streams import BARE_SIGNAL_SUBJECT, SIGNAL_SUBJECTS, connect_nats, ensure_streams
 
@@ -136,6 +139,7 @@ class Ingress(LoopActor):
                     ),
                 )
             )
+            self.spawn(metrics.watch_consumer(self.js, self.stream, durable_name))
         self.deliver(configurer, Ready("ingress"))
         await asyncio.gather(*(self._fetch_forever(subscription) for subscription in subscriptions))
 
@@ -249,7 +253,10 @@ class Ingress(LoopActor):
             signal_id=str(signal_id) if signal_id else None,
             received_at=datetime.now(UTC),
         )
-        return await self._publish(self.settings.dead_letter_subject, encode(letter))
+        published = await self._publish(self.settings.dead_letter_subject, encode(letter))
+        if published:
+            metrics.dead_lettered(reason)
+        return published
 
     async def _publish(self, subject: str, payload: bytes) -> bool:
         for attempt in range(DEAD_LETTER_ATTEMPTS):
@@ -297,7 +304,27 @@ class Ingress(LoopActor):
         for quote in report.quotes:
             self.quotes[quote.symbol] = (quote, now)
 
+    async def check_servers(self) -> list[ServerCheck]:
+        return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
+
     # --- on the actor thread ------------------------------------------------------------------
+
+    def receiveMsg_GetQuotes(self, message: GetQuotes, sender: Any) -> None:
+        """The supervisor's market orders of its own (a flatten) are priced as signals are checked."""
+
+        async def answer() -> None:
+            if stale := [symbol for symbol in message.symbols if not self._fresh(symbol)]:
+                await self._refresh_quotes(stale)
+            known = [self.quotes[symbol][0] for symbol in message.symbols if symbol in self.quotes]
+            self.deliver(sender, Quotes({quote.symbol: (quote.bid, quote.ask) for quote in known}))
+
+        self.spawn(answer())
+
+    def receiveMsg_SignalAlert(self, message: SignalAlert, sender: Any) -> None:
+        signal_id = str(message.signal_id) if message.signal_id else None
+        alert = Alert(kind=message.kind, signal_id=signal_id, detail=message.detail, at=datetime.now(UTC))
+        log.warning("alert: %s: %s", alert.kind, alert.detail)
+        self.spawn(self._publish(SIGNAL_ALERT_SUBJECT, encode(alert)))
 
     def receiveMsg_Accepted(self, message: Accepted, sender: Any) -> None:
         fresh = []

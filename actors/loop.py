@@ -21,6 +21,7 @@ from typing import Any
 from thespian.actors import ThespianWatch, WatchMessage
 
 from actors.base import RoleActor
+from messages.control import CheckServers, ServerCheck, ServersChecked
 from service.logs import Log
 
 log = Log(__name__)
@@ -49,6 +50,16 @@ class LoopActor(RoleActor):
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         future.add_done_callback(self._log_failure)
         return future
+
+    def receiveMsg_CheckServers(self, message: CheckServers, sender: Any) -> None:
+        async def check() -> None:
+            self.deliver(sender, ServersChecked(type(self).__name__, await self.check_servers()))
+
+        self.spawn(check())
+
+    async def check_servers(self) -> list[ServerCheck]:
+        """The servers this actor talks to, checked now over its own connections (on the loop)."""
+        return []
 
     def deliver(self, target: Any, message: Any) -> None:
         """Send ``message`` to ``target`` from the loop thread (through the actor thread).

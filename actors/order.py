@@ -60,6 +60,7 @@ from messages.enums import (
 )
 from messages.order import EventKind, Order, OrderEvent, OrderStatusMessage
 from messages.symbols import SYMBOLS
+from service import metrics
 from service.config import Settings
 from service.logs import Log
 
@@ -172,7 +173,7 @@ class OrderActor(RoleActor):
         now = datetime.now(UTC)
         pending = OrderStatusMessage.of_order(self.order, self.address, now)
         self._emit(EventKind.SUBMITTED, submitted_at=now, **changes)
-        self.send(self.peers.gateway, Submit(order_request(self.order, self.settings, self.address, now), pending))
+        self.send(self.peers.gateway, Submit(order_request(self.order, self.settings, self.address, now), pending, self.order.created_at))
 
     # --- news from the broker -------------------------------------------------------------------
 
@@ -186,6 +187,8 @@ class OrderActor(RoleActor):
 
     def _on_news(self, news: BrokerNews) -> None:
         assert self.order is not None
+        if self.order.status is OrderStatus.SUBMITTED and self.order.broker_order_id is None and not self.order.deals:
+            metrics.broker_answered(news, self.order.submitted_at)  # nothing heard of it before
         try:
             match news:
                 case wire.BrokerFill():
@@ -194,6 +197,7 @@ class OrderActor(RoleActor):
                     if self.order.broker_order_id is None or self.order.status is OrderStatus.SUBMITTED:
                         self._emit(EventKind.PLACED, detail=f"resting as ticket {news.ticket}", broker_order_id=str(news.ticket))
                 case wire.BrokerError():
+                    metrics.BROKER_REJECTS.labels(str(news.retcode)).inc()
                     reason = f"{news.retcode} {news.comment}"
                     self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
                 case wire.BrokerCancelled() if news.remaining < self.order.remaining - 1e-9:
@@ -250,6 +254,7 @@ class OrderActor(RoleActor):
             kind = EventKind.EXPIRED if state is wire.BrokerOrderState.EXPIRED else EventKind.CANCELLED
             self._emit(kind, detail=f"broker reports {state.value}")
         elif state is wire.BrokerOrderState.REJECTED and self.order.status in IN_FLIGHT:
+            metrics.BROKER_REJECTS.labels(str(report.retcode)).inc()
             reason = f"{report.retcode} {report.comment}"
             self._emit(EventKind.REJECTED, detail=reason, rejection_reason=reason)
 

@@ -44,8 +44,18 @@ from messages.actor import (
     StateLoaded,
     StoreOutage,
 )
+from messages.control import (
+    CheckServers,
+    ControlRecorded,
+    GetLag,
+    RecordControl,
+    ServersChecked,
+    SinkLag,
+)
 from messages.order import EventKind, OrderEvent
+from service import metrics
 from service.config import Settings
+from service.health import check_clickhouse
 from service.logs import Log
 from service.outbox import Batch, Outbox
 from service.store import Store
@@ -74,7 +84,7 @@ class Recorder(RoleActor):
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
         if self.store is None:
-            self.store = Store(self.settings.dsn, self.settings.clickhouse_database)
+            self.store = Store(self.settings.dsn, self.settings.clickhouse_database, self.settings.clickhouse_auth)
             self.outbox = Outbox(Path(self.settings.run_dir) / "outbox")
             self._take_over_leftovers()
         self.send(sender, Ready("recorder"))
@@ -127,6 +137,13 @@ class Recorder(RoleActor):
             reason = f"{held} events held (bound {bound}): ClickHouse, Kafka or NATS is behind"
             log.warning("backpressure %s: %s", "on" if self.pressing else "off", reason)
             self.send(self.peers.ingress, Backpressure(self.pressing, reason))
+
+    def set_gauges(self) -> None:
+        metrics.backlog(len(self.held), self.unconfirmed_by_sink())
+
+    def unconfirmed_by_sink(self) -> dict[str, int]:
+        """Per sink, the recorded events it has not confirmed yet."""
+        return {role: sum(len(events) for events, roles in self.unconfirmed.values() if role in roles) for role in SINKS}
 
     def doing(self) -> str:
         unconfirmed = sum(len(events) for events, _ in self.unconfirmed.values())
@@ -197,6 +214,7 @@ class Recorder(RoleActor):
                 self.flush_scheduled = True
                 self.wakeupAfter(timedelta(seconds=self.backoff_s))
             return
+        metrics.recorded(batch.events, batch.deals)
         self.backoff_s = 0.0
         self.held = Batch()
         batch_id = self.outbox.seal()
@@ -218,7 +236,27 @@ class Recorder(RoleActor):
     def receiveMsg_LoadState(self, message: LoadState, sender: Any) -> None:
         assert self.store is not None
         window = timedelta(hours=message.idempotency_window_hours)
-        self.send(sender, StateLoaded(self.store.signal_orders(window), [e.order for e in self.store.latest_snapshots(open_only=True)]))
+        open_orders = [e.order for e in self.store.latest_snapshots(open_only=True)]
+        self.send(sender, StateLoaded(self.store.signal_orders(window), open_orders, self.store.control()))
+
+    def receiveMsg_RecordControl(self, message: RecordControl, sender: Any) -> None:
+        """Written at once, not batched: the operator waits for it, and it is rare."""
+        try:
+            if self.store is None:
+                raise RuntimeError("the store is not open yet")
+            self.store.record_control(message.record)
+        except Exception as exc:  # the supervisor tells the operator; the control is in force anyway
+            log.error("trading control version %d not recorded: %s", message.record.version, exc)
+            self.send(sender, ControlRecorded(message.record.version, str(exc)))
+            return
+        self.send(sender, ControlRecorded(message.record.version))
+
+    def receiveMsg_GetLag(self, message: GetLag, sender: Any) -> None:
+        self.send(sender, SinkLag(len(self.held), self.unconfirmed_by_sink()))
+
+    def receiveMsg_CheckServers(self, message: CheckServers, sender: Any) -> None:
+        client = self.store.client if self.store is not None else None
+        self.send(sender, ServersChecked(type(self).__name__, [check_clickhouse(client, self.settings)]))
 
     def receiveMsg_LoadFills(self, message: LoadFills, sender: Any) -> None:
         assert self.store is not None

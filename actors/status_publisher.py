@@ -12,9 +12,11 @@ from typing import Any
 from actors.sink import SinkActor
 from messages.actor import Publish, PublishAlert
 from messages.codec import encode
+from messages.control import ServerCheck
 from messages.enums import OrderStatus
 from messages.order import OrderEvent, OrderStatusMessage
 from messages.position import ALERT_SUBJECT, PositionAlert
+from service.health import check_nats
 from service.logs import Log
 from service.streams import connect_nats
 
@@ -28,6 +30,9 @@ class StatusPublisher(SinkActor):
 
     async def open(self) -> None:
         self.nc, self.js = await connect_nats(self.settings)
+
+    async def check_servers(self) -> list[ServerCheck]:
+        return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
         self.enqueue([e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY], message.batch_id, sender)

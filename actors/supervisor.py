@@ -14,6 +14,7 @@ from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from thespian.actors import (
     ActorExitRequest,
     ChildActorExited,
@@ -63,10 +64,30 @@ from messages.actor import (
     Started,
     StateLoaded,
 )
-from messages.enums import OrderType, Side, SignalType, TimeInForce
+from messages.control import (
+    CancelResting,
+    CancelsSent,
+    ControlAnswer,
+    ControlRecord,
+    ControlRecorded,
+    Flatten,
+    Flattening,
+    GetQuotes,
+    GetStatus,
+    HaltTrading,
+    Quotes,
+    RecordControl,
+    ResumeTrading,
+    ServiceStatus,
+    SignalAlert,
+    TradingHalt,
+    flatten_signal_id,
+)
+from messages.enums import OrderType, PositionSide, Side, SignalType, TimeInForce
 from messages.order import Order, order_id_for
 from messages.signal import SignalRefused, TradingSignal, fingerprint
-from model.exposure import Exposure, PositionsView, closing_side
+from model.exposure import Exposure, OpenPosition, PositionsView, closing_side
+from service import metrics
 from service.config import Settings
 from service.logs import Log
 
@@ -116,6 +137,28 @@ def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[in
     )
 
 
+def flatten_order(halt: TradingHalt, position: OpenPosition, quantity: float, quote: tuple[float, float], settings: Settings) -> Order:
+    """The market order a flatten closes a position with: priced at the side of the quote it
+    closes against (what its slippage is measured from), its signal_id derived from the halt
+    and the position, so a repeated flatten names the same order."""
+    side = Side.SELL if position.side is PositionSide.LONG else Side.BUY
+    bid, ask = quote
+    signal_id = flatten_signal_id(halt.halt_id, position.ticket)
+    return Order(
+        order_id=order_id_for(signal_id),
+        signal_id=signal_id,
+        symbol=position.symbol,
+        side=side,
+        order_type=OrderType.MARKET,
+        quantity=quantity,
+        expected_price=bid if side is Side.SELL else ask,
+        created_at=datetime.now(UTC),
+        time_in_force=TimeInForce(settings.default_time_in_force),
+        closes_position=True,
+        close_position=position.ticket,
+    )
+
+
 class Supervisor(RoleActor):
     def __init__(self) -> None:
         super().__init__()
@@ -143,6 +186,20 @@ class Supervisor(RoleActor):
         self.retired: list[tuple[Any, str]] = []
         # Operators waiting to hear why an order that is not open cannot be cancelled.
         self.cancel_askers: dict[uuid.UUID, list[Any]] = {}
+        # The trading halt in force (None: trading), as execution_control records it; what
+        # status and the metrics read. Its changes are numbered; the last one may not be
+        # recorded yet (or its write failed: then the next command writes it again).
+        self.halted: TradingHalt | None = None
+        self.control_version = 0
+        self.control_recorded = True
+        # Operators waiting for a control change to be recorded, by its version.
+        self.control_askers: dict[int, tuple[Any, ControlAnswer]] = {}
+        self.flatten_askers: list[Any] = []
+        # Signals refused under the halt in force: only the first one is an alert.
+        self.halt_refusals = 0
+        # Open orders rebuilt at start, and when the last of them was reconciled.
+        self.recovered = 0
+        self.reconciled_after_s: float | None = None
 
     # --- start-up ------------------------------------------------------------------------------
 
@@ -165,13 +222,19 @@ class Supervisor(RoleActor):
                 self._start_ingress()
         elif message.role == "ingress" and self.starter is not None:
             open_orders = len(self.active) + len(self.resting) + len(self.waiting)
-            self.send(self.starter, Started(self.peers, open_orders))
+            self.send(self.starter, Started(self.peers, open_orders, self.halted))
             self.starter = None
             log.info("service started: %d open orders being reconciled", open_orders)
 
     def receiveMsg_StateLoaded(self, message: StateLoaded, sender: Any) -> None:
         now = datetime.now(UTC)
         self.known = {signal_id: (order_id, digest, now) for signal_id, (order_id, digest) in message.known_signals.items()}
+        if message.control is not None:
+            self.control_version, self.halted = message.control.version, message.control.halt
+        if self.halted is not None:
+            halt = self.halted
+            log.warning("trading is halted (halt %s since %s UTC: %s): signals are refused until resumed", halt.halt_id, f"{halt.since:%Y-%m-%d %H:%M:%S}", halt.reason)
+        self.recovered = len(message.open_orders)
         created = {role: self.createActor(ROLES[role]) for role in SERVICE_ROLES}
         self.peers = Peers(supervisor=self.myAddress, recorder=self.peers.recorder, **created)
         self.send(self.peers.recorder, self.peers)
@@ -234,9 +297,12 @@ class Supervisor(RoleActor):
                     f"signal_id {signal.signal_id} already gave order {order_id} with other content; this one is not executed",
                 )
             self.replays += 1
+            metrics.SIGNALS.labels("replay").inc()
             log.info("signal %s already gave order %s: replay ignored (%d so far)", signal.signal_id, order_id, self.replays)
             self.send(ingress, SignalSettled(signal.signal_id))
             return
+        if self.halted is not None:
+            self._refuse_while_halted(signal.signal_id, self.halted)
         limits = self.settings.limits
         if signal.closes:
             side = Side.BUY if signal.signal_type is SignalType.CLOSE_SHORT else Side.SELL
@@ -247,6 +313,14 @@ class Supervisor(RoleActor):
         self.known[signal.signal_id] = (order.order_id, order.signal_fingerprint, datetime.now(UTC))
         self.exposure.track(order)
         self._assign(Assign(order))
+        metrics.SIGNALS.labels("executed").inc()
+
+    def _refuse_while_halted(self, signal_id: uuid.UUID, halt: TradingHalt) -> None:
+        detail = f"trading is halted since {halt.since:%Y-%m-%d %H:%M:%S} UTC ({halt.reason}); the signal is not executed"
+        self.halt_refusals += 1
+        if self.halt_refusals == 1:  # one alert per halt, not one per signal: the dead letters tell the rest
+            self.send(self.peers.ingress, SignalAlert("trading_halted", f"{detail}; later signals are refused too", signal_id))
+        raise SignalRefused("trading_halted", detail)
 
     def receiveMsg_PositionsView(self, message: PositionsView, sender: Any) -> None:
         self.exposure.see(message)
@@ -301,8 +375,8 @@ class Supervisor(RoleActor):
         if order_id in self.reconciling:
             self.reconciling.discard(order_id)
             if not self.reconciling:
-                took = (datetime.now(UTC) - self.started_at).total_seconds()
-                log.info("recovery: every open order reconciled with the broker %.2fs after the state was loaded", took)
+                self.reconciled_after_s = (datetime.now(UTC) - self.started_at).total_seconds()
+                log.info("recovery: every open order reconciled with the broker %.2fs after the state was loaded", self.reconciled_after_s)
 
     def _revive(self, order_id: uuid.UUID, news: BrokerNews) -> None:
         if order_id in self.active:
@@ -372,6 +446,108 @@ class Supervisor(RoleActor):
             ),
         )
 
+    # --- the trading halt ----------------------------------------------------------------------------
+
+    def receiveMsg_HaltTrading(self, message: HaltTrading, sender: Any) -> None:
+        changed = self.halted is None
+        if self.halted is None:
+            self.halted = TradingHalt(halt_id=uuid.uuid4(), reason=message.reason, since=datetime.now(UTC))
+            self.halt_refusals = 0
+            log.warning("trading halted (halt %s): %s; signals are refused until resumed", self.halted.halt_id, message.reason)
+            self.send(self.peers.ingress, SignalAlert("halt", f"trading halted: {message.reason}; signals are refused until resumed"))
+        self._record_control(sender, changed)
+
+    def receiveMsg_ResumeTrading(self, message: ResumeTrading, sender: Any) -> None:
+        """Accepted when not halted too (nothing to do): the operator wants trading, and it is."""
+        changed = self.halted is not None
+        if self.halted is not None:
+            ended = f"halt {self.halted.halt_id} since {self.halted.since:%Y-%m-%d %H:%M:%S} UTC ({self.halted.reason}), {self.halt_refusals} signals refused"
+            log.warning("trading resumed: %s", ended)
+            self.send(self.peers.ingress, SignalAlert("resume", f"trading resumed: {ended}"))
+            self.halted = None
+        self._record_control(sender, changed)
+
+    def _record_control(self, asker: Any, changed: bool) -> None:
+        """Record the control in force when it changed (or its last record failed); the operator
+        hears once it is in ClickHouse, so that a halt answered survives a restart."""
+        answer = ControlAnswer(self.halted, changed)
+        if not changed and self.control_recorded:
+            self.send(asker, answer)
+            return
+        self.control_version += 1
+        self.control_recorded = False
+        self.control_askers[self.control_version] = (asker, answer)
+        self.send(self.peers.recorder, RecordControl(ControlRecord(version=self.control_version, halt=self.halted, at=datetime.now(UTC))))
+
+    def receiveMsg_ControlRecorded(self, message: ControlRecorded, sender: Any) -> None:
+        if message.version == self.control_version:
+            self.control_recorded = message.error is None
+        if (waiting := self.control_askers.pop(message.version, None)) is not None:
+            asker, answer = waiting
+            self.send(asker, msgspec.structs.replace(answer, error=message.error))
+
+    def receiveMsg_CancelResting(self, message: CancelResting, sender: Any) -> None:
+        """Cancel every working order: resting at the broker, or a pending one on its way there."""
+        pending = [order_id for order_id, order in self.active_orders.items() if order.order_type is not OrderType.MARKET]
+        working = [*self.resting, *pending]
+        for order_id in working:
+            self.receiveMsg_CancelOrder(CancelOrder(order_id, message.reason), self.myAddress)
+        log.warning("cancelling %d working orders: %s", len(working), message.reason)
+        self.send(sender, CancelsSent(working))
+
+    def receiveMsg_Flatten(self, message: Flatten, sender: Any) -> None:
+        """Close every open position at market, once the quotes to price the closes are in."""
+        if self.halted is None:
+            self.send(sender, Flattening([], [], "trading is not halted: a flatten belongs to a halt (its orders are named after it)"))
+            return
+        self.flatten_askers.append(sender)
+        self.send(self.peers.ingress, GetQuotes(sorted({position.symbol for position in self.exposure.positions.values()})))
+
+    def receiveMsg_Quotes(self, message: Quotes, sender: Any) -> None:
+        askers, self.flatten_askers = self.flatten_askers, []
+        if self.halted is None:
+            answer = Flattening([], [], "trading was resumed before the flatten could start")
+        else:
+            answer = self._flatten(self.halted, message.quotes)
+        for asker in askers:
+            self.send(asker, answer)
+
+    def _flatten(self, halt: TradingHalt, quotes: dict[str, tuple[float, float]]) -> Flattening:
+        """The closes go the way a close signal's order goes (its position chosen here, tracked
+        in the exposure, recorded and archived); each position is closed once per halt."""
+        order_ids, not_closed = [], []
+        for position in sorted(self.exposure.positions.values(), key=lambda p: (p.opened_at, p.ticket)):
+            signal_id = flatten_signal_id(halt.halt_id, position.ticket)
+            quantity = self.exposure.available(position)
+            if signal_id in self.known:  # this halt is closing it already
+                order_ids.append(self.known[signal_id][0])
+            elif quantity <= 0:
+                log.info("flatten: position %d is being closed by another order already", position.ticket)
+            elif position.symbol not in quotes:
+                not_closed.append(f"position {position.ticket} {position.symbol}: no quote from the connector to price its close")
+            else:
+                order = flatten_order(halt, position, quantity, quotes[position.symbol], self.settings)
+                self.known[signal_id] = (order.order_id, order.signal_fingerprint, datetime.now(UTC))
+                self.exposure.track(order)
+                self._assign(Assign(order))
+                order_ids.append(order.order_id)
+        log.warning("flatten under halt %s: %d close orders, %d positions not closed", halt.halt_id, len(order_ids), len(not_closed))
+        return Flattening(order_ids, not_closed)
+
+    def receiveMsg_GetStatus(self, message: GetStatus, sender: Any) -> None:
+        self.send(
+            sender,
+            ServiceStatus(
+                halt=self.halted,
+                active_orders=len(self.active),
+                resting_orders=len(self.resting),
+                waiting_orders=len(self.waiting),
+                recovered_orders=self.recovered,
+                reconciling_orders=len(self.reconciling),
+                reconciled_after_s=self.reconciled_after_s,
+            ),
+        )
+
     def receiveMsg_GetPeers(self, message: GetPeers, sender: Any) -> None:
         self.send(sender, self.peers)
 
@@ -382,7 +558,14 @@ class Supervisor(RoleActor):
         return (
             f"{len(self.active)} active, {len(self.resting)} resting, {len(self.waiting)} waiting, "
             f"{len(self.reconciling)} reconciling orders; {self.replays} replays ignored"
+            f"{'; trading HALTED' if self.halted is not None else ''}"
         )
+
+    def set_gauges(self) -> None:
+        metrics.book(
+            active=len(self.active), resting=len(self.resting), waiting=len(self.waiting),
+            idle=len(self.idle), pool=self.pool_size, halted=self.halted is not None,
+        )  # fmt: skip
 
     # --- housekeeping -------------------------------------------------------------------------------
 
@@ -418,6 +601,7 @@ class Supervisor(RoleActor):
         for role in ROLES:
             if getattr(self.peers, role) == dead:
                 log.error("%s died: restarting it", role)
+                metrics.ACTOR_RESTARTS.labels(role).inc()
                 self.retired.append((dead, role))
                 self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
                 self.send(getattr(self.peers, role), Configure(self.settings, self.peers))
@@ -427,6 +611,7 @@ class Supervisor(RoleActor):
             return  # not a child of ours (any more)
         self.pool_size -= 1
         self.retired.append((dead, "order"))
+        metrics.ACTOR_RESTARTS.labels("order").inc()
         self.idle = [actor for actor in self.idle if actor != dead]
         for order_id, actor in list(self.active.items()):
             if actor == dead:

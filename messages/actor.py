@@ -21,6 +21,7 @@ from messages.broker import (
     PositionsReport,
     RequestResult,
 )
+from messages.control import ControlRecord, TradingHalt
 from messages.order import Fill, Order, OrderEvent, OrderStatusMessage
 from messages.position import Position, PositionAlert
 from messages.signal import TradingSignal
@@ -51,6 +52,7 @@ class Start(msgspec.Struct, frozen=True):
 class Started(msgspec.Struct, frozen=True):
     peers: Peers
     open_orders: int
+    halt: TradingHalt | None = None
 
 
 class Configure(msgspec.Struct, frozen=True):
@@ -173,6 +175,8 @@ class Submit(msgspec.Struct, frozen=True):
 
     request: OrderRequest
     pending: OrderStatusMessage | None = None
+    # A new order's first request: when the order was created (the signal->broker latency).
+    created_at: datetime | None = None
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -248,6 +252,8 @@ class StateLoaded(msgspec.Struct, frozen=True):
     # signal_id -> (order_id, signal fingerprint) within the idempotency window
     known_signals: dict[uuid.UUID, tuple[uuid.UUID, str]]
     open_orders: list[Order]
+    # The trading control in force (a halt survives a restart); None: never changed.
+    control: ControlRecord | None = None
 
 
 class LoadFills(msgspec.Struct, frozen=True):

@@ -6,12 +6,21 @@ demo       paper trading: the simulated connector, the service, a handful of sig
 show ID    trace one order: its actor, alive or not, live state, history
 cancel ID  cancel an open order and follow it until it ends (exit 0 only if it ended cancelled)
            (ID: an order_id or a signal_id, or the start of either that names one order)
+halt       refuse new signals (trading_halted) until resume, also after a restart; --cancel-resting
+           cancels every working order, --flatten closes every open position at market (exit 0
+           only if each ended so); --reason TEXT
+resume     take signals again (also accepted when not halted)
+status     roles, servers, sink lag, halt, orders, recovery (exit 0 only if healthy)
 positions  positions as the position keeper holds them
 ps         every actor of the running service: role, process id, address, what it holds
 sql QUERY  one statement, run read-only (ClickHouse's readonly) by the running service (chdb has
            one owner) in its database; --param NAME=VALUE binds {NAME:Type} or %(NAME)s
+report     the execution-quality report from ClickHouse (slippage, latency, fill rate, rejects, PnL,
+           exposure) since --since (24h; a duration or an ISO time): DIR/report.html with its
+           plots (--out DIR, default run_dir/report) and its figures on stdout (--json: as JSON)
 migrate    apply the ClickHouse migrations and create what the schema lacks (the service also
            does this at start)
+(show, positions, ps, sql and status take --json: machine-readable output)
 """
 
 from __future__ import annotations
@@ -22,7 +31,11 @@ import re
 import sys
 import time
 import uuid
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
+
+import msgspec
 
 from actors.lifecycle import TERMINAL
 from messages.actor import (
@@ -44,7 +57,7 @@ from messages.actor import (
     ShowOrder,
 )
 from messages.enums import OrderStatus
-from messages.order import OrderEvent
+from messages.order import Order, OrderEvent
 from messages.position import Position
 from service.config import Settings, load_settings
 from system import Refused, admin_port_open, join, run
@@ -52,6 +65,7 @@ from system import Refused, admin_port_open, join, run
 ASK_TIMEOUT_S = 10.0
 CANCEL_WAIT_S = 30.0
 FOLLOW_INTERVAL_S = 0.2
+REPORT_SINCE = "24h"
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 # The orders whose order_id or signal_id starts with a prefix; order_events is the history
 # every order has, whatever its latest state is kept in.
@@ -89,6 +103,34 @@ def positions_table(positions: list[Position]) -> str:
             for p in positions
         ],
     )  # fmt: skip
+
+
+class OrderTrace(msgspec.Struct, frozen=True, kw_only=True):
+    """One order as ``show`` tells it (``--json``: as it is)."""
+
+    order_id: uuid.UUID
+    signal_id: uuid.UUID
+    actor_address: str
+    # Whether an actor holds it (else it rests at the broker, or it is finished), and answered.
+    held: bool
+    alive: bool
+    pid: int | None
+    # The order as its actor holds it now.
+    live: Order | None
+    where: str
+    history: list[OrderEvent]
+
+
+def trace_text(trace: OrderTrace) -> str:
+    lines = [f"order     {trace.order_id}", f"signal    {trace.signal_id}"]
+    if trace.held:
+        lines.append(f"actor     {trace.actor_address}  alive: {f'yes, pid {trace.pid}' if trace.alive else 'no answer'}")
+        if (o := trace.live) is not None:
+            lines.append(f"live      {o.status.value}, {o.filled_quantity}/{o.quantity} filled, version {o.version} (asked of the actor)")
+    else:
+        lines.append(f"actor     {trace.actor_address}  alive: no ({trace.where})")
+    lines += ["history:", history_table(trace.history)]
+    return "\n".join(lines)
 
 
 class Client:
@@ -131,32 +173,35 @@ class Client:
             return uuid.UUID(prefix)
         raise Refused(f"no order_id or signal_id starts with {key}")
 
-    def processes(self) -> str:
+    def processes(self) -> list[Pong]:
         directory = self.ask(self.supervisor, GetDirectory(), Directory)
         roles = [self.supervisor, *(getattr(directory.peers, name) for name in directory.peers.__struct_fields__[1:])]
         pongs = [self.actor_system.ask(address, Ping(), ASK_TIMEOUT_S) for address in [*roles, *directory.order_actors] if address is not None]
-        return table(["role", "pid", "address", "doing"], [(p.role, p.pid, p.address, p.doing) for p in pongs if isinstance(p, Pong)])
+        return [pong for pong in pongs if isinstance(pong, Pong)]
 
-    def trace(self, key: uuid.UUID) -> str:
+    def trace(self, key: uuid.UUID) -> OrderTrace:
         entry = self.ask(self.supervisor, ShowOrder(key), OrderDirectoryEntry)
         history = self.ask(self.peers.recorder, GetHistory(entry.order_id or key), History)
         known = entry.order or (history.events[-1].order if history.events else None)
         if known is None:
             raise Refused(f"no order known for {key}")
-        lines = [f"order     {known.order_id}", f"signal    {known.signal_id}"]
+        answer = self.actor_system.ask(entry.actor, GetState(known.order_id), ASK_TIMEOUT_S) if entry.active else None
+        state = answer if isinstance(answer, OrderState) else None
         if entry.active:
-            state = self.actor_system.ask(entry.actor, GetState(known.order_id), ASK_TIMEOUT_S)
-            alive = isinstance(state, OrderState)
-            lines.append(f"actor     {entry.actor_address}  alive: {'yes, pid ' + str(state.pid) if alive else 'no answer'}")
-            if alive and state.order is not None:
-                o = state.order
-                lines.append(f"live      {o.status.value}, {o.filled_quantity}/{o.quantity} filled, version {o.version} (asked of the actor)")
+            where = "held by its actor"
         else:
             where = "resting at the broker, no actor holds it" if entry.order is not None else "finished, no actor holds it"
-            address = entry.actor_address or known.actor_address
-            lines.append(f"actor     {address}  alive: no ({where})")
-        lines += ["history:", history_table(history.events)]
-        return "\n".join(lines)
+        return OrderTrace(
+            order_id=known.order_id,
+            signal_id=known.signal_id,
+            actor_address=entry.actor_address or known.actor_address,
+            held=entry.active,
+            alive=state is not None,
+            pid=state.pid if state else None,
+            live=state.order if state else None,
+            where=where,
+            history=history.events,
+        )
 
     def cancel(self, key: uuid.UUID, reason: str, wait_s: float) -> str:
         """Cancel the order and follow it until it ends: Refused unless it ended cancelled."""
@@ -184,6 +229,15 @@ def one_line(text: str) -> str:
     return text.strip().partition("\n")[0]
 
 
+def since(text: str) -> datetime:
+    from service.report import parse_since  # here: matplotlib is slow to import for the other commands
+
+    try:
+        return parse_since(text)
+    except ValueError as invalid:
+        raise argparse.ArgumentTypeError(str(invalid)) from None
+
+
 def parameter(text: str) -> tuple[str, str]:
     name, _, value = text.partition("=")
     return name, value
@@ -204,16 +258,31 @@ def command(argv: list[str] | None) -> None:
     demo.add_argument("--keep-running", action="store_true", help="leave the service and the simulator running")
     demo.add_argument("--keep-state", action="store_true", help="start from the last demo's orders and positions")
     id_help = "an order_id or signal_id, or the start of either"
-    commands.add_parser("show").add_argument("id", help=id_help)
+    json_help = "print machine-readable JSON"
+    show = commands.add_parser("show")
+    show.add_argument("id", help=id_help)
+    show.add_argument("--json", action="store_true", help=json_help)
     cancel = commands.add_parser("cancel")
     cancel.add_argument("id", help=id_help)
     cancel.add_argument("--reason", default="operator")
     cancel.add_argument("--wait", type=float, default=CANCEL_WAIT_S, metavar="SECONDS", help="how long to follow the order")
-    commands.add_parser("positions")
-    commands.add_parser("ps")
+    commands.add_parser("positions").add_argument("--json", action="store_true", help=json_help)
+    commands.add_parser("ps").add_argument("--json", action="store_true", help=json_help)
     sql = commands.add_parser("sql")
     sql.add_argument("query")
     sql.add_argument("--param", type=parameter, action="append", default=[], metavar="NAME=VALUE")
+    sql.add_argument("--json", action="store_true", help=json_help)
+    halt = commands.add_parser("halt")
+    halt.add_argument("--cancel-resting", action="store_true", help="also cancel every working order at the broker")
+    halt.add_argument("--flatten", action="store_true", help="also close every open position at market")
+    halt.add_argument("--reason", default="operator")
+    halt.add_argument("--wait", type=float, default=CANCEL_WAIT_S, metavar="SECONDS", help="how long to follow the cancels and closes")
+    commands.add_parser("resume")
+    commands.add_parser("status").add_argument("--json", action="store_true", help=json_help)
+    report = commands.add_parser("report")
+    report.add_argument("--since", type=since, default=REPORT_SINCE, metavar="DURATION|ISO-TIME", help=f"24h, 30m, 7d or an ISO time (default: {REPORT_SINCE})")
+    report.add_argument("--out", metavar="DIR", help="where report.html and its plots go (default run_dir/report)")
+    report.add_argument("--json", action="store_true", help="print the figures as JSON")
     commands.add_parser("migrate")
     args = parser.parse_args(argv)
     settings = load_settings()
@@ -227,26 +296,45 @@ def command(argv: list[str] | None) -> None:
     elif args.command == "migrate":
         from service.store import connect, ensure_schema, migrate
 
-        clickhouse = connect(settings.dsn, settings.clickhouse_database)
+        clickhouse = connect(settings.dsn, settings.clickhouse_database, settings.clickhouse_auth)
         applied = migrate(clickhouse, settings.clickhouse_database)
         ensure_schema(clickhouse, settings.clickhouse_database)
         print(f"applied: {', '.join(applied) or 'nothing, the schema is current'}")
     else:
+        from service import operate
+
         client = Client(settings)
         if args.command == "show":
-            print(client.trace(client.resolve(args.id)))
+            trace = client.trace(client.resolve(args.id))
+            print(operate.to_json(trace) if args.json else trace_text(trace))
         elif args.command == "cancel":
             print(client.cancel(client.resolve(args.id), args.reason, args.wait))
         elif args.command == "positions":
             snapshot = client.ask(client.peers.positions, GetPositions(), PositionsSnapshot)
-            print(positions_table(snapshot.positions))
+            print(operate.to_json(snapshot.positions) if args.json else positions_table(snapshot.positions))
         elif args.command == "ps":
-            print(client.processes())
+            pongs = client.processes()
+            print(operate.to_json(pongs) if args.json else table(["role", "pid", "address", "doing"], [(p.role, p.pid, p.address, p.doing) for p in pongs]))
         elif args.command == "sql":
             result = client.ask(client.peers.recorder, Query(args.query, dict(args.param)), QueryResult)
             if result.error:
                 raise Refused(one_line(result.error))
-            print(table(result.columns, result.rows))
+            print(operate.to_json({"columns": result.columns, "rows": result.rows}) if args.json else table(result.columns, result.rows))
+        elif args.command == "halt":
+            print(operate.halt(client, args.reason, args.cancel_resting, args.flatten, args.wait))
+        elif args.command == "resume":
+            print(operate.resume(client))
+        elif args.command == "status":
+            health = operate.status(client)
+            print(operate.to_json(health) if args.json else operate.status_text(health), flush=True)
+            if not health.healthy:
+                raise Refused(f"unhealthy: {'; '.join(health.problems)}")
+        elif args.command == "report":
+            from service import report as quality
+
+            built = quality.build(lambda query: client.ask(client.peers.recorder, query, QueryResult), args.since)
+            path = quality.write(built, Path(args.out or Path(settings.run_dir) / "report"))
+            print(quality.to_json(built) if args.json else f"{quality.text(built)}\n\nreport: {path}")
 
 
 if __name__ == "__main__":

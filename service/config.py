@@ -2,7 +2,9 @@
 
 Values come from, in increasing priority: the defaults below (which work on a laptop),
 a TOML file named by ``EXEC_CONFIG``, and environment variables ``EXEC_<FIELD>`` in
-upper case (``EXEC_NATS_URL``, ``EXEC_CLICKHOUSE_DSN``, ...).
+upper case (``EXEC_NATS_URL``, ``EXEC_CLICKHOUSE_DSN``, ...). A secret (``nats_password``,
+``nats_token``, ``clickhouse_password``) may instead be read from the file named by
+``EXEC_<FIELD>_FILE`` (or ``<field>_file`` in the TOML file); the repr of Settings masks them.
 """
 
 from __future__ import annotations
@@ -14,20 +16,38 @@ from pathlib import Path
 import msgspec
 
 from model.pretrade import Limits
+from service.credentials import NatsOptions, Redacted, is_secret, read_secret
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ClickHouseAuth(Redacted, frozen=True, kw_only=True):
+    """What a ClickHouse server needs beyond the DSN: a user and password (over the DSN's own)
+    and, for https, the CA file to check its certificate with (or no check at all)."""
+
+    user: str = ""
+    password: str = ""
+    ca_file: str = ""
+    verify: bool = True
+
+
+# NATS's URL, credentials and TLS are NatsOptions' fields (nats_url, nats_user, ...).
+class Settings(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
     run_dir: str = str(REPO_ROOT / ".run")
-    nats_url: str = "nats://127.0.0.1:4222"
     kafka_bootstrap: str = "127.0.0.1:9092"
     # Empty means embedded chdb under run_dir; http(s)://user:pass@host:port/db for a server.
     clickhouse_dsn: str = ""
+    # For a server: user and password (over the DSN's), https's CA file, or no certificate check.
+    clickhouse_user: str = ""
+    clickhouse_password: str = ""
+    clickhouse_ca_file: str = ""
+    clickhouse_verify: bool = True
     clickhouse_database: str = "suho_analytics"
     archive_topic: str = "order_execution_archive"
     archive_partitions: int = 6
     admin_port: int = 19500
+    # The Prometheus endpoint the launcher serves (service.metrics); 0: none.
+    metrics_port: int = 9464
     # The JetStream streams are named {prefix}_SIGNALS, _ORDERS, _BROKER, _DEADLETTER. Their
     # subjects are fixed by the contract, so one NATS server holds one set of them.
     stream_prefix: str = "EXEC"
@@ -72,16 +92,33 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{Path(self.run_dir).resolve()}/chdb"
 
+    @property
+    def clickhouse_auth(self) -> ClickHouseAuth:
+        return ClickHouseAuth(
+            user=self.clickhouse_user,
+            password=self.clickhouse_password,
+            ca_file=self.clickhouse_ca_file,
+            verify=self.clickhouse_verify,
+        )
+
 
 def load_settings(env: dict[str, str] | None = None, **overrides: object) -> Settings:
     env = dict(os.environ if env is None else env)
     values: dict[str, object] = {}
+    names = [field.name for field in msgspec.structs.fields(Settings)]
+    secrets = [name for name in names if is_secret(name)]
     if config_file := env.get("EXEC_CONFIG"):
         values.update(tomllib.loads(Path(config_file).read_text()))
-    for field in msgspec.structs.fields(Settings):
-        raw = env.get(f"EXEC_{field.name.upper()}")
+        for name in secrets:
+            if path := values.pop(f"{name}_file", None):
+                values[name] = read_secret(str(path))
+    for name in names:
+        raw = env.get(f"EXEC_{name.upper()}")
         if raw is not None:
-            values[field.name] = raw
+            values[name] = raw
+    for name in secrets:
+        if path := env.get(f"EXEC_{name.upper()}_FILE"):
+            values[name] = read_secret(path)
     values.update(overrides)
     # strict=False lets "5.0" and "true" from the environment decode into their typed fields.
     return msgspec.convert(values, Settings, strict=False)

@@ -26,7 +26,8 @@ import nats
 from messages.actor import GetPositions, PositionsSnapshot, Query, QueryResult
 from messages.codec import decode, encode
 from messages.order import order_id_for
-from service.cli import positions_table, table
+from service import report as quality
+from service.cli import REPORT_SINCE, positions_table, table
 from service.config import Settings
 from service.processes import die_with_parent
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
@@ -77,7 +78,7 @@ class Nats:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     async def _connect(self, settings: Settings) -> None:
-        self.nc = await nats.connect(settings.nats_url)
+        self.nc = await nats.connect(settings.nats_url, **settings.nats_connect_options())
 
         async def dead_letter(msg: Any) -> None:
             self.dead_letters.append(msgspec.json.decode(msg.data))
@@ -102,7 +103,7 @@ class Nats:
 
 def start_simulator(settings: Settings) -> subprocess.Popen[bytes]:
     log = open(Path(settings.run_dir) / "logs" / "simulator.log", "ab")
-    env = {**os.environ, "EXEC_NATS_URL": settings.nats_url, "SIM_STATE_FILE": str(Path(settings.run_dir) / "simulator-state.json")}
+    env = {**os.environ, **settings.nats_environment(), "SIM_STATE_FILE": str(Path(settings.run_dir) / "simulator-state.json")}
     # The simulator goes with the demo, however the demo ends.
     return subprocess.Popen(
         [sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: die_with_parent(signal.SIGTERM)
@@ -179,6 +180,8 @@ def run_demo(settings: Settings, keep_running: bool, keep_state: bool) -> None:
         print(f"sent {len(sent)} signals; letting them settle for {SETTLE_S:.0f}s...\n", flush=True)
         time.sleep(SETTLE_S)
         print(report(service, sent, bus), flush=True)
+        built = quality.build(lambda query: service.actor_system.ask(service.peers.recorder, query, 10), quality.parse_since(REPORT_SINCE))
+        print(f"\nexecution-quality report: {quality.write(built, Path(settings.run_dir) / 'report')}", flush=True)
         print(f"\nlogs: {settings.run_dir}/logs (service.log, simulator.log)")
         if keep_running:
             print(

@@ -122,6 +122,20 @@ CREATE TABLE IF NOT EXISTS {db}.order_events
 ENGINE = ReplacingMergeTree
 ORDER BY (order_id, seq);
 
+-- The trading control (execution-service halt / resume): one row per change, the highest
+-- version in force, so a halt survives a restart and every halt stays on record.
+CREATE TABLE IF NOT EXISTS {db}.execution_control
+(
+    version UInt64,
+    halted Bool,
+    halt_id Nullable(UUID),
+    reason String,
+    halted_since Nullable(DateTime64(3, 'UTC')),
+    changed_at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY version;
+
 -- What other services read, under upstream's names (docs/table_database_trading.md): one row
 -- per order, execution and position for a plain query (no FINAL, no argMax), upstream's
 -- columns with upstream's types in upstream's order, then ours.

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from importlib import resources
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import clickhouse_connect
 import msgspec
@@ -26,10 +27,12 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from actors.lifecycle import slippage
 from messages.codec import encode
+from messages.control import ControlRecord, TradingHalt
 from messages.enums import Side
 from messages.order import Fill, OrderEvent
 from messages.position import Position
 from messages.symbols import SYMBOLS
+from service.config import ClickHouseAuth
 from service.logs import Log
 
 log = Log(__name__)
@@ -39,14 +42,24 @@ TERMINAL_STATUSES = ("filled", "cancelled", "rejected", "failed")
 SCHEMA_MISSING = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 
 
-def connect(dsn: str, database: str) -> Client:
+def connect(dsn: str, database: str, auth: ClickHouseAuth = ClickHouseAuth()) -> Client:
     """A client for ``dsn`` (``chdb:///path`` or ``http(s)://...``), with ``database`` created."""
-    if dsn.startswith("chdb:"):
-        client = clickhouse_connect.get_client(dsn=dsn)
-    else:
-        client = clickhouse_connect.get_client(dsn=dsn, database="default")
+    client = open_client(dsn, auth, database=None if dsn.startswith("chdb:") else "default")
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     return client
+
+
+def open_client(dsn: str, auth: ClickHouseAuth, **options: Any) -> Client:
+    """The one place a ClickHouse client is made: a server gets ``auth``, chdb has none."""
+    if not dsn.startswith("chdb:"):
+        # clickhouse-connect takes the interface from the port (https only on 443 and 8443),
+        # not from the DSN's scheme: https://host:9440/ would be plain http, password and all.
+        options.update(interface=urlsplit(dsn).scheme, verify=auth.verify)
+        if auth.user:
+            options.update(username=auth.user, password=auth.password)
+        if auth.ca_file:
+            options["ca_cert"] = auth.ca_file
+    return clickhouse_connect.get_client(dsn=dsn, **options)
 
 
 class Migration(NamedTuple):
@@ -137,6 +150,8 @@ POSITION_COLUMNS = [
     "updated_at",
 ]  # fmt: skip
 
+CONTROL_COLUMNS = ["version", "halted", "halt_id", "reason", "halted_since", "changed_at"]
+
 EVENT_COLUMNS = [
     "event_id", "order_id", "seq", "kind", "order_status", "signal_id", "symbol", "at",
     "actor_address", "detail", "payload",
@@ -185,9 +200,9 @@ def _event_row(event: OrderEvent) -> list[object]:
 class Store:
     """The service's reads and writes, one method per question the service asks."""
 
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, auth: ClickHouseAuth = ClickHouseAuth()) -> None:
         self.database = database
-        self.client = connect(dsn, database)
+        self.client = connect(dsn, database, auth)
         migrate(self.client, database)
         ensure_schema(self.client, database)
         # Queries from outside the service (the sql command, tests) go through a client that
@@ -195,7 +210,7 @@ class Store:
         # file() and INSERT INTO FUNCTION file(...). (1 forbids changing settings, so these
         # queries carry none; over HTTP a server applies a request's readonly after checking
         # the request's other settings, as clickhouse-connect sends them.)
-        self.reader = clickhouse_connect.get_client(dsn=dsn, database=database, settings={"readonly": 1})
+        self.reader = open_client(dsn, auth, database=database, settings={"readonly": 1})
 
     def close(self) -> None:
         self.reader.close()
@@ -238,6 +253,26 @@ class Store:
             log.warning("writing %s: %s; repairing the schema and writing again", table, exc)
             ensure_schema(self.client, self.database)
             self.client.insert(f"{self.database}.{table}", rows, column_names=columns)
+
+    def record_control(self, record: ControlRecord) -> None:
+        halt = record.halt
+        row = (
+            [record.version, False, None, "", None, record.at]
+            if halt is None
+            else [record.version, True, halt.halt_id, halt.reason, halt.since, record.at]
+        )
+        self._insert("execution_control", [row], CONTROL_COLUMNS)
+
+    def control(self) -> ControlRecord | None:
+        """The trading control in force: the change of the highest version (None: never changed)."""
+        rows = self.client.query(
+            f"SELECT {', '.join(CONTROL_COLUMNS)} FROM {self.database}.execution_control ORDER BY version DESC LIMIT 1"
+        ).result_rows
+        if not rows:
+            return None
+        version, halted, halt_id, reason, since, at = rows[0]
+        halt = TradingHalt(halt_id=halt_id, reason=reason, since=since) if halted else None
+        return ControlRecord(version=version, halt=halt, at=at)
 
     def read_only(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
         """(columns, rows) of one statement, run read-only, in the service's database by default.

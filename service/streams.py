@@ -17,6 +17,7 @@ from nats.js.errors import NotFoundError
 
 from messages.order import SIGNAL_ALERT_SUBJECT
 from service.config import Settings
+from service.credentials import redact_url
 from service.logs import Log
 
 log = Log(__name__)
@@ -80,19 +81,21 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
 
 async def connect_nats(settings: Settings, name: str = "execution-service") -> tuple[Client, JetStreamContext]:
     """Connect with reconnects that never give up (also for the first connect: the service
-    may start before NATS) and a short wait between attempts, so an outage costs little."""
+    may start before NATS) and a short wait between attempts, so an outage costs little.
+    Credentials and TLS come from the settings; URLs are logged without their userinfo."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("NATS disconnected from %s", settings.nats_url)
+        log.warning("NATS disconnected from %s", settings.nats_server)
 
     async def on_reconnected() -> None:
-        log.info("NATS reconnected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        log.info("NATS reconnected to %s", redact_url(nc.connected_url.geturl()) if nc.connected_url else "?")
 
     nc = await nats.connect(
         settings.nats_url,
+        **settings.nats_connect_options(),
         name=name,
         allow_reconnect=True,
         max_reconnect_attempts=-1,

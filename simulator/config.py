@@ -1,8 +1,12 @@
 """The simulator's configuration: defaults, then environment, then command-line flags.
 
 Every field ``name`` (fault switches included) is read from ``SIM_NAME`` and ``--name`` (dashes
-for underscores). ``nats_url`` and ``stream_prefix`` also fall back to the service's
-``EXEC_NATS_URL`` / ``EXEC_STREAM_PREFIX`` so both find the same server and streams.
+for underscores). The NATS options (``nats_url``, credentials and TLS: service.credentials'
+NatsOptions, as the service has them) and ``stream_prefix`` also fall back to the service's
+``EXEC_NATS_URL``, ``EXEC_NATS_USER``, ... / ``EXEC_STREAM_PREFIX``, so both find the same server
+and streams. Secrets (``nats_password``, ``nats_token``) are no flags, since ``ps`` shows a
+command line: they come from the environment or from the file named by ``SIM_NAME_FILE``
+(``EXEC_NAME_FILE``).
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ import os
 
 import msgspec
 
+from service.credentials import NatsOptions, is_secret, read_secret
 from simulator.control import CONTROL_SUBJECT
 from simulator.faults import Faults
 
 
-class SimConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    nats_url: str = "nats://127.0.0.1:4222"
+class SimConfig(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # Stream names are f"{prefix}_ORDERS" / f"{prefix}_BROKER", as the service names them.
     stream_prefix: str = "EXEC"
     durable: str = "mt5-connector"
@@ -56,17 +60,18 @@ def load_config(argv: list[str] | None = None, env: dict[str, str] | None = None
     env = dict(os.environ if env is None else env)
     parser = argparse.ArgumentParser(prog="python -m simulator", description="The simulated mt5-connector (paper broker).")
     for name, default in _flat_fields():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"default {default!r}; env SIM_{name.upper()}")
+        if not is_secret(name):
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"default {default!r}; env SIM_{name.upper()}")
     flags = vars(parser.parse_args(argv))
     values: dict[str, object] = {}
-    for name in ("nats_url", "stream_prefix"):
-        if (raw := env.get(f"EXEC_{name.upper()}")) is not None:
-            values[name] = raw
-    for name, _ in _flat_fields():
-        if (raw := env.get(f"SIM_{name.upper()}")) is not None:
-            values[name] = raw
-        if flags[name] is not None:
-            values[name] = flags[name]
+    shared = [*(f.name for f in msgspec.structs.fields(NatsOptions)), "stream_prefix"]
+    for prefix, names in (("EXEC_", shared), ("SIM_", [name for name, _ in _flat_fields()])):
+        for name in names:
+            if (raw := env.get(f"{prefix}{name.upper()}")) is not None:
+                values[name] = raw
+            if is_secret(name) and (path := env.get(f"{prefix}{name.upper()}_FILE")):
+                values[name] = read_secret(path)
+    values.update({name: flag for name, flag in flags.items() if flag is not None})
     fault_names = {f.name for f in msgspec.structs.fields(Faults)}
     faults = {name: values.pop(name) for name in list(values) if name in fault_names}
     # strict=False lets the strings of the environment and the flags decode into typed fields.

@@ -171,7 +171,7 @@ class Connector:
             self._loops.append(asyncio.create_task(self._replay(ticks)))
         elif self.config.tick_ms > 0:
             self._loops.append(asyncio.create_task(self._random_walk()))
-        log.info("simulated mt5-connector up on %s (seed %s, prefix %s)", self.config.nats_url, self.config.seed, self.config.stream_prefix)
+        log.info("simulated mt5-connector up on %s (seed %s, prefix %s)", self.config.nats_server, self.config.seed, self.config.stream_prefix)
 
     async def stop(self) -> None:
         for task in self._loops:
@@ -192,7 +192,7 @@ class Connector:
                 await self._set_up()
                 break
             except Exception as exc:
-                log.warning("NATS set-up on %s failed (%s); retrying", self.config.nats_url, exc)
+                log.warning("NATS set-up on %s failed (%s); retrying", self.config.nats_server, exc)
                 if self._nc is not None and not self._nc.is_closed:
                     await self._nc.close()
                 await asyncio.sleep(backoff)
@@ -203,6 +203,7 @@ class Connector:
     async def _set_up(self) -> None:
         self._nc = nc = await nats.connect(
             self.config.nats_url,
+            **self.config.nats_connect_options(),
             name="mt5-simulator",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

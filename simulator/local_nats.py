@@ -1,7 +1,12 @@
-"""A throwaway nats-server with JetStream on a free loopback port, for the throughput run and tests."""
+"""A throwaway nats-server with JetStream on a free loopback port, for the throughput run and tests.
+
+The binary is ``$NATS_SERVER`` (the tests set it to the one deploy/local/infra.sh runs), else
+``nats-server`` on PATH.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -26,7 +31,7 @@ class LocalNats:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
-        binary = shutil.which("nats-server")
+        binary = os.environ.get("NATS_SERVER") or shutil.which("nats-server")
         if binary is None:
             raise RuntimeError("nats-server is not installed (Debian: apt-get install nats-server)")
         self.directory.mkdir(parents=True, exist_ok=True)

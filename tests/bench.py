@@ -17,6 +17,7 @@ import json
 import statistics
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ import msgspec
 import nats
 from aiokafka import AIOKafkaConsumer
 from harness import KafkaServer, RunningSystem, signal, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 from messages.actor import Directory, GetDirectory, Ping, Pong
 from messages.order import order_id_for
@@ -210,6 +212,8 @@ def run(quick: bool, output: Path, log_level: str) -> dict[str, Any]:
 
         print("sustained throughput", flush=True)
         results["throughput"] = throughput(system, watch, quick)
+        # Before the SIGKILL of the recovery run, whose restart starts the figures afresh.
+        results["metrics"] = metrics_sample(system)
 
         print("capacity and recovery", flush=True)
         results.update(capacity_and_recovery(system, quick))
@@ -221,6 +225,19 @@ def run(quick: bool, output: Path, log_level: str) -> dict[str, Any]:
         kafka.stop()
     output.write_text(json.dumps(results, indent=2, default=str))
     return results
+
+
+def metrics_sample(system: RunningSystem) -> dict[str, float]:
+    """The service's own figures, from its Prometheus endpoint (histogram buckets left out)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{system.settings.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sample = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if not s.name.endswith("_bucket"):
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                sample[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return sample
 
 
 def floor(system: RunningSystem) -> dict[str, float]:
@@ -351,4 +368,7 @@ if __name__ == "__main__":
     outcome = run(args.quick, args.json, args.log_level)
     print()
     print(table(outcome))
+    print("\nthe service's metrics after the market-order runs:")
+    for name, figure in outcome.get("metrics", {}).items():
+        print(f"  {name} {figure:g}")
     print(f"\nJSON: {args.json}")

@@ -9,6 +9,8 @@ the subset of the HTTP protocol clickhouse-connect uses is implemented, and some
 simplified (listed below).
 
     python tests/clickhouse_http.py --port P --path DIR   (--port 0: any free port)
+        [--user NAME --password-file FILE]   (a user of its own instead of ``default``)
+        [--tls-cert PEM --tls-key PEM]       (HTTPS, as a server with an https_port)
 
 The first line on stdout is ``listening on HOST:PORT``. SIGTERM or SIGINT stops it.
 
@@ -34,9 +36,10 @@ What it does:
   bytes, elapsed_ns). A failure is HTTP 500 (401 for authentication) with the engine's
   exception text as the body and its code in X-ClickHouse-Exception-Code, from which
   clickhouse-connect raises its usual DatabaseError.
-- Authentication: user ``default`` with an empty password (Basic auth, X-ClickHouse-User/Key
-  headers or user/password parameters), as on a fresh server; anything else is
-  AUTHENTICATION_FAILED.
+- Authentication: one user, ``default`` with an empty password as on a fresh server unless
+  ``--user`` / ``--password-file`` say otherwise (Basic auth, X-ClickHouse-User/Key headers or
+  user/password parameters); anything else is AUTHENTICATION_FAILED.
+- HTTPS with ``--tls-cert`` / ``--tls-key``: the listening socket is wrapped in TLS.
 
 Simplified or missing, compared with a server:
 - The whole response is built before it is sent: no streaming, no progress headers, no
@@ -66,6 +69,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import uuid
@@ -424,7 +428,7 @@ class Handler(BaseHTTPRequestHandler):
             user, password = "", "?"
         user = self.headers.get("X-ClickHouse-User", user)
         password = self.headers.get("X-ClickHouse-Key", password)
-        if user != "default" or password != "":
+        if (user, password) != (self.server.user, self.server.password):
             raise ClickHouseError(
                 516,
                 f"Code: 516. DB::Exception: {user}: Authentication failed: password is incorrect, "
@@ -436,10 +440,12 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], engine: Engine, verbose: bool) -> None:
+    def __init__(self, address: tuple[str, int], engine: Engine, verbose: bool, user: str = "default", password: str = "") -> None:
         super().__init__(address, Handler)
         self.engine = engine
         self.verbose = verbose
+        self.user = user
+        self.password = password
         self.display_name = socket.gethostname()
 
 
@@ -449,9 +455,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port")
     parser.add_argument("--path", required=True, help="chdb's data directory")
     parser.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    parser.add_argument("--user", default="default")
+    parser.add_argument("--password-file", help="the user's password (default: empty)")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="and this key (PEM)")
     args = parser.parse_args(argv)
+    password = Path(args.password_file).read_text().rstrip("\r\n") if args.password_file else ""
     engine = Engine(args.path)
-    server = Server((args.host, args.port), engine, args.verbose)
+    server = Server((args.host, args.port), engine, args.verbose, args.user, password)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     # serve_forever runs on this thread, so shutdown() must come from another one.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: threading.Thread(target=server.shutdown).start())

@@ -45,6 +45,8 @@ __all__ = ["Infra", "free_port", "free_ports"]
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA_SH = REPO / "deploy" / "local" / "infra.sh"
+# Every nats-server of the tests is the one infra.sh runs (simulator.local_nats reads this too).
+os.environ.setdefault("NATS_SERVER", subprocess.run(["bash", str(INFRA_SH), "nats-bin"], check=True, capture_output=True, text=True).stdout.strip())
 
 
 @dataclass(frozen=True)

@@ -60,12 +60,15 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 15.0, interval_s: 
 
 
 class NatsServer:
-    """A private nats-server (JetStream on), started and stopped through deploy/local/infra.sh."""
+    """A private nats-server (JetStream on), started and stopped through deploy/local/infra.sh;
+    ``config``: a nats-server config file (authorization, tls) under infra.sh's flags."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, config: Path | None = None) -> None:
         self.run_dir = run_dir
         self.port = free_port()
         self.env = {**os.environ, "EXEC_RUN_DIR": str(run_dir), "NATS_PORT": str(self.port), "NATS_MONITOR_PORT": str(free_port())}
+        if config is not None:
+            self.env["NATS_CONFIG"] = str(config)
         subprocess.run(["bash", str(INFRA), "up", "nats"], env=self.env, check=True, stdout=subprocess.DEVNULL)
         self.url = f"nats://127.0.0.1:{self.port}"
 
@@ -98,17 +101,18 @@ class KafkaServer:
 class NatsProbe:
     """A NATS client on its own loop thread: publishes signals, watches subjects, asks requests."""
 
-    def __init__(self, url: str, watch: list[str]) -> None:
+    def __init__(self, url: str, watch: list[str], **options: Any) -> None:
+        """``options``: nats.connect's credentials and TLS (Settings.nats_connect_options())."""
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.seen: dict[str, list[tuple[str, bytes]]] = {pattern: [] for pattern in watch}
-        self._run(self._connect(url, watch))
+        self._run(self._connect(url, watch, options))
 
     def _run(self, coro: Any, timeout_s: float = 15.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
-    async def _connect(self, url: str, watch: list[str]) -> None:
-        self.nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    async def _connect(self, url: str, watch: list[str], options: dict[str, Any]) -> None:
+        self.nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, **options)
         self.js = self.nc.jetstream()
         for pattern in watch:
 
@@ -171,11 +175,14 @@ class RunningSystem:
         kafka_bootstrap: str,
         sim_env: dict[str, str] | None = None,
         prepare: Callable[[Settings], None] | None = None,
+        nats_config: Path | None = None,
         **overrides: Any,
     ) -> None:
-        """``prepare`` runs before the service starts (it may write to the store then)."""
+        """``prepare`` runs before the service starts (it may write to the store then);
+        ``nats_config`` is the nats-server's config file (the NATS options go in ``overrides``)."""
         self.tmp = tmp
-        self.nats = NatsServer(tmp / "nats-run")
+        self.nats = NatsServer(tmp / "nats-run", nats_config)
+        overrides.setdefault("metrics_port", free_port())  # (the default port would be shared by every test)
         self.settings: Settings = load_settings(
             {},
             run_dir=str(tmp / "run"),
@@ -187,7 +194,8 @@ class RunningSystem:
         )
         self.logs = Path(self.settings.run_dir, "logs")
         self.logs.mkdir(parents=True, exist_ok=True)
-        self.probe = NatsProbe(self.nats.url, ["orders.>", "signals.deadletter", "signals.alert", "positions.alert"])
+        watch = ["orders.>", "signals.deadletter", "signals.alert", "positions.alert"]
+        self.probe = NatsProbe(self.nats.url, watch, **self.settings.nats_connect_options())
         self.sim_env = sim_env or {}
         self.sim: subprocess.Popen[bytes] | None = None
         self.launcher: subprocess.Popen[bytes] | None = None
@@ -205,7 +213,7 @@ class RunningSystem:
     def start_simulator(self) -> None:
         env = {
             **os.environ,
-            "EXEC_NATS_URL": self.nats.url,
+            **self.settings.nats_environment(),
             "SIM_TICK_MS": "0",
             "SIM_SEED": "7",
             "SIM_STATE_FILE": str(self.tmp / "sim-state.json"),

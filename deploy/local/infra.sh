@@ -8,8 +8,15 @@
 #   deploy/local/infra.sh down [nats|kafka]...  stop by pid (TERM, wait, KILL after a grace period)
 #   deploy/local/infra.sh status                one line per server; exit 3 if one is not running
 #   deploy/local/infra.sh jars                  resolve the Kafka jars into the cache (setup.sh)
+#   deploy/local/infra.sh nats-build            build nats-server $NATS_VERSION into the cache (setup.sh)
+#   deploy/local/infra.sh nats-bin              print the nats-server binary `up` runs
+#
+# nats-server: the one built by `nats-build` when it is there (a current release), else the
+# one on PATH (Debian's, 2.9.10 on Debian 12); NATS_SERVER names another binary.
 #
 # Environment: EXEC_RUN_DIR (default <repo>/.run), NATS_PORT (4222), NATS_MONITOR_PORT (8222),
+# NATS_CONFIG (a nats-server config file, e.g. with authorization and tls blocks; the flags
+# for address, ports, JetStream and store dir are added and take precedence),
 # KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_HEAP (512m), KAFKA_LOG4J (a log4j2 config
 # file to use instead of deploy/kafka/log4j2.xml, e.g. one at INFO for debugging),
 # EXEC_CACHE_DIR (~/.cache/execution-service), EXEC_PYTHON (<repo>/.venv/bin/python),
@@ -32,6 +39,8 @@ KAFKA_HEAP="${KAFKA_HEAP:-512m}"
 TIMEOUT="${INFRA_TIMEOUT:-90}"
 CACHE="${EXEC_CACHE_DIR:-${HOME:-/root}/.cache/execution-service}"
 POM="$REPO/deploy/kafka/pom.xml"
+NATS_VERSION=v2.15.2
+NATS_BUILT="$CACHE/nats-server-$NATS_VERSION/nats-server"
 PY="${EXEC_PYTHON:-$REPO/.venv/bin/python}"
 JAVA="${JAVA:-java}"
 
@@ -120,16 +129,42 @@ nats_ready() {
     [[ $status == *" 200 "* ]]
 }
 
+nats_bin() {
+    if [[ -n ${NATS_SERVER:-} ]]; then echo "$NATS_SERVER"
+    elif [[ -x $NATS_BUILT ]]; then echo "$NATS_BUILT"
+    else command -v nats-server || die "nats-server not found: run deploy/local/setup.sh"
+    fi
+}
+
+# Build nats-server from the Go module proxy once per version (about 40 s, then cached).
+nats_build() {
+    [[ -x $NATS_BUILT ]] && return 0
+    command -v go >/dev/null || { say "go not found: not building nats-server $NATS_VERSION (PATH's is used)"; return 0; }
+    local tmp
+    say "building nats-server $NATS_VERSION into $(dirname "$NATS_BUILT")"
+    mkdir -p "$CACHE"
+    tmp=$(mktemp -d "$CACHE/nats-build.XXXXXX")
+    if ! GOBIN="$tmp" GOFLAGS=-buildvcs=false go install "github.com/nats-io/nats-server/v2@$NATS_VERSION" >"$tmp.log" 2>&1; then
+        cat "$tmp.log" >&2
+        rm -rf "$tmp" "$tmp.log"
+        die "go install nats-server@$NATS_VERSION failed"
+    fi
+    rm -f "$tmp.log"
+    rm -rf "$(dirname "$NATS_BUILT")"
+    mv "$tmp" "$(dirname "$NATS_BUILT")"
+}
+
 nats_up() {
-    command -v nats-server >/dev/null || die "nats-server not found: run deploy/local/setup.sh"
-    local pid start t0
+    local pid start t0 bin config=()
+    bin=$(nats_bin)
+    [[ -n ${NATS_CONFIG:-} ]] && config=(-c "$NATS_CONFIG")
     start=$SECONDS t0=$(now_ms)
     pid=$(pid_of nats)
     if [[ -z $pid ]]; then
         port_busy "$NATS_PORT" && die "port $NATS_PORT is taken by another process (set NATS_PORT)"
         port_busy "$NATS_MONITOR_PORT" && die "port $NATS_MONITOR_PORT is taken (set NATS_MONITOR_PORT)"
         mkdir -p "$RUN/nats"
-        spawn nats "$RUN/nats.log" nats-server -js -a 127.0.0.1 -p "$NATS_PORT" \
+        spawn nats "$RUN/nats.log" "$bin" "${config[@]}" -js -a 127.0.0.1 -p "$NATS_PORT" \
             -m "$NATS_MONITOR_PORT" -sd "$RUN/nats" -n "exec-local-$NATS_PORT"
         pid=$(<"$RUN/nats.pid")
     fi
@@ -145,7 +180,7 @@ nats_up() {
         fi
         sleep 0.1
     done
-    say "nats ready on 127.0.0.1:$NATS_PORT (monitor :$NATS_MONITOR_PORT, pid $pid, $(since "$t0"))"
+    say "nats ready on 127.0.0.1:$NATS_PORT (monitor :$NATS_MONITOR_PORT, pid $pid, $("$bin" --version), $(since "$t0"))"
 }
 
 # --- Kafka -----------------------------------------------------------------------------
@@ -344,8 +379,14 @@ jars)
     kafka_jars
     say "Kafka $(kafka_version) jars in $KAFKA_LIB"
     ;;
+nats-build)
+    nats_build
+    ;;
+nats-bin)
+    nats_bin
+    ;;
 *)
-    echo "usage: $0 up|down|status [nats|kafka]... | jars" >&2
+    echo "usage: $0 up|down|status [nats|kafka]... | jars | nats-build | nats-bin" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the service and its tests need on a fresh Debian 12 machine, idempotently:
 #   - nats-server (Debian package; JetStream with -js), Java 17+ and Maven (apt, if missing),
+#   - a current nats-server built with Go from the Go module proxy into the cache (infra.sh
+#     nats-build; once per version, about 40 s), which infra.sh prefers to Debian's 2.9.10,
 #   - the Kafka broker's jars, resolved from Maven Central into the cache (deploy/kafka/pom.xml),
 #   - <repo>/.venv with the project installed editable, test extras included.
 # A second run only checks and returns in a second or two. Runs as root (apt-get), or uses
@@ -54,6 +56,12 @@ say "nats-server $(nats-server --version | sed 's/^nats-server: //'), java $(jav
 # --- Kafka broker jars -----------------------------------------------------------------
 
 bash "$REPO/deploy/local/infra.sh" jars
+
+# --- a current nats-server -------------------------------------------------------------
+
+bash "$REPO/deploy/local/infra.sh" nats-build
+nats_bin=$(bash "$REPO/deploy/local/infra.sh" nats-bin)
+say "NATS runs $nats_bin ($("$nats_bin" --version | sed 's/^nats-server: //'))"
 
 # --- Python environment ----------------------------------------------------------------
 
