@@ -2,7 +2,7 @@
 
 Out: order requests on ``orders.submitted.{symbol}`` (JetStream, Nats-Msg-Id = order_id, so a
 resend of the same order is dropped by the server) and the request/reply additions (status,
-positions, cancel). In: the durable ``broker.>`` consumer; each piece of news goes to the
+positions, cancel, modify). In: the durable ``broker.>`` consumer; each piece of news goes to the
 actor that holds its order, or to the supervisor, which revives the order.
 """
 
@@ -24,6 +24,8 @@ from messages.actor import (
     BrokerUpdate,
     CancelAtBroker,
     Configure,
+    ModifyAtBroker,
+    ModifyResult,
     Orphan,
     Peers,
     PositionsReply,
@@ -184,6 +186,16 @@ class BrokerGateway(LoopActor):
                 self.deliver(sender, BrokerUpdate(message.order_id, decode(reply, wire.RequestResult)))
 
         self.spawn(cancel())
+
+    def receiveMsg_ModifyAtBroker(self, message: ModifyAtBroker, sender: Any) -> None:
+        order_id = message.request.order_id
+
+        async def modify() -> None:
+            reply = await self._request(wire.MODIFY_SUBJECT, message.request)
+            if reply is not None:
+                self.deliver(sender, BrokerUpdate(order_id, ModifyResult(decode(reply, wire.RequestResult))))
+
+        self.spawn(modify())
 
     def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
         async def query() -> None:

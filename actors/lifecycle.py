@@ -14,7 +14,7 @@ from messages.broker import BrokerFill
 from messages.enums import OrderStatus as S
 from messages.enums import OrderType
 from messages.order import EventKind as E
-from messages.order import Fill, Order, OrderEvent, execution_id_for
+from messages.order import Fill, Order, OrderChange, OrderEvent, execution_id_for
 from messages.symbols import SymbolSpec
 
 TRANSITIONS: dict[tuple[S, E], S] = {
@@ -40,6 +40,22 @@ TRANSITIONS: dict[tuple[S, E], S] = {
     # The unfilled rest is cancelled (IOC remainder, operator, expiry); the fills stand.
     (S.PARTIALLY_FILLED, E.CANCELLED): S.CANCELLED,
     (S.PARTIALLY_FILLED, E.EXPIRED): S.CANCELLED,
+    # An operator's modify (MT5's TRADE_ACTION_MODIFY) of a working order changes its prices,
+    # never its status. A fill that arrives while a modify is pending is applied as usual: the
+    # broker then answers the modify of what the order has become (and may refuse it).
+    (S.SUBMITTED, E.MODIFY_REQUESTED): S.SUBMITTED,
+    (S.SUBMITTED, E.MODIFIED): S.SUBMITTED,
+    (S.SUBMITTED, E.MODIFY_REFUSED): S.SUBMITTED,
+    (S.PARTIALLY_FILLED, E.MODIFY_REQUESTED): S.PARTIALLY_FILLED,
+    (S.PARTIALLY_FILLED, E.MODIFIED): S.PARTIALLY_FILLED,
+    (S.PARTIALLY_FILLED, E.MODIFY_REFUSED): S.PARTIALLY_FILLED,
+    # Filled is final for the order, but the position it opened lives on at the broker, which
+    # names it by that order (MT5's TRADE_ACTION_SLTP): its SL/TP change is the order's event.
+    (S.FILLED, E.MODIFY_REQUESTED): S.FILLED,
+    (S.FILLED, E.MODIFIED): S.FILLED,
+    (S.FILLED, E.MODIFY_REFUSED): S.FILLED,
+    # Not at the broker yet: nothing to modify, refused on the spot.
+    (S.PENDING, E.MODIFY_REFUSED): S.PENDING,
 }
 
 TERMINAL = frozenset({S.FILLED, S.CANCELLED, S.REJECTED, S.FAILED})
@@ -53,6 +69,7 @@ def is_resting(order: Order) -> bool:
         order.order_type is not OrderType.MARKET
         and order.status in (S.SUBMITTED, S.PARTIALLY_FILLED)
         and order.broker_order_id is not None
+        and order.pending_modify is None
     )
 
 
@@ -70,15 +87,19 @@ def advance(
     actor_address: str,
     fill: Fill | None = None,
     detail: str | None = None,
+    change: OrderChange | None = None,
     **changes: object,
 ) -> OrderEvent:
-    """The event of ``kind`` happening to ``order``, carrying the order after it."""
+    """The event of ``kind`` happening to ``order``, carrying the order after it (``change``:
+    the operator's modify a modify event is about)."""
     status = TRANSITIONS.get((order.status, kind))
     if status is None:
         raise IllegalTransition(order, kind)
     version = order.version + 1
     if status is S.CANCELLED and order.cancelled_at is None:
         changes.setdefault("cancelled_at", at)
+    if status in TERMINAL and status is not S.FILLED:
+        changes.setdefault("pending_modify", None)  # nothing is left at the broker to modify
     after = msgspec.structs.replace(order, status=status, version=version, actor_address=actor_address, **changes)
     return OrderEvent(
         event_id=f"{order.order_id}:{version}",
@@ -90,6 +111,7 @@ def advance(
         actor_address=actor_address,
         order=after,
         fill=fill,
+        change=change,
         detail=detail,
     )
 

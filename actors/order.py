@@ -27,6 +27,7 @@ from actors.lifecycle import (
     fill_of,
     is_resting,
 )
+from actors.gateway import REQUEST_TIMEOUT_S
 from messages import broker as wire
 from messages.actor import (
     Assign,
@@ -36,6 +37,9 @@ from messages.actor import (
     CancelOrder,
     Configure,
     GetState,
+    ModifyAtBroker,
+    ModifyOrder,
+    ModifyResult,
     OrderState,
     Orphan,
     Peers,
@@ -58,8 +62,11 @@ from messages.enums import (
     TimeInForce,
     TradeAction,
 )
-from messages.order import EventKind, Order, OrderEvent, OrderStatusMessage
+from messages.control import GetQuotes, Quotes
+from messages.order import EventKind, Order, OrderChange, OrderEvent, OrderStatusMessage, changed_fields
+from messages.signal import SignalRefused
 from messages.symbols import SYMBOLS
+from model.pretrade import check_change
 from service import metrics
 from service.config import Settings
 from service.logs import Log
@@ -80,6 +87,12 @@ MT5_TIME = {TimeInForce.GTC: Mt5TimeType.GTC, TimeInForce.DAY: Mt5TimeType.DAY, 
 AWAITING_BROKER = (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
 # Unanswered status queries before a never-seen order is declared failed.
 MAX_UNKNOWN_REPORTS = 3
+# A modify the connector does not answer is sent once more (it names absolute values, so a
+# second one applied changes nothing), then refused here: the order-status query cannot
+# tell whether the broker took it, since it reports no prices.
+MODIFY_SENDS = 2
+# NO_CHANGES: what a resend finds when the first one was applied.
+MODIFY_ACCEPTED = (Retcode.DONE, Retcode.NO_CHANGES)
 
 
 def order_request(order: Order, settings: Settings, actor_address: str, at: datetime) -> wire.OrderRequest:
@@ -123,6 +136,9 @@ class OrderActor(RoleActor):
         self.cancelling = False
         # Status queries in a row that brought nothing new.
         self.quiet_queries = 0
+        # How often the pending modify went to the broker (0: its quote is awaited). A revived
+        # actor starts again at 0: the modify is checked and sent again.
+        self.modify_sends = 0
 
     @property
     def address(self) -> str:
@@ -140,6 +156,7 @@ class OrderActor(RoleActor):
         self.unknown_reports = 0
         self.cancelling = False
         self.quiet_queries = 0
+        self.modify_sends = 0
         if message.reconcile:
             self._log("info", "revived at version %d: asking the broker", self.order.version)
         if self.order.version == 0:
@@ -156,6 +173,10 @@ class OrderActor(RoleActor):
                 self._query_broker()
             if message.cancel is not None:
                 self._cancel(message.cancel.reason)
+            if self.order is not None and self.order.pending_modify is not None:
+                self._check_modify(self.order)  # revived or recovered: its request or answer was lost
+            if self.order is not None and message.modify is not None:
+                self._modify(self.order, message.modify.change)
         self._finish()
 
     def _start(self) -> None:
@@ -208,6 +229,8 @@ class OrderActor(RoleActor):
                     self._emit(kind, detail=f"{news.cause.value}, {news.remaining} unfilled")
                 case wire.BrokerOrderReport():
                     self._on_report(news)
+                case ModifyResult():
+                    self._on_modify_result(self.order, news.result)
                 case wire.RequestResult():
                     if news.retcode != Retcode.DONE:
                         self.cancelling = False
@@ -288,7 +311,13 @@ class OrderActor(RoleActor):
         self.wakeupAfter(timedelta(seconds=wait), payload=(self.order.order_id, self.order.version))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        if self.order is None or message.payload != (self.order.order_id, self.order.version):
+        if self.order is None:
+            return
+        if (change := self.order.pending_modify) is not None and message.payload == self._modify_timer():
+            self._modify_unanswered(self.order, change)
+            self._finish()
+            return
+        if message.payload != (self.order.order_id, self.order.version):
             return  # something happened since the timer was set
         if self.order.status in AWAITING_BROKER and not self._resting():
             self._log("warning", "no news from the broker since version %d: asking", self.order.version)
@@ -320,6 +349,89 @@ class OrderActor(RoleActor):
         except IllegalTransition as refused:
             self._log("warning", "cancel refused: %s", refused)
 
+    # --- an operator's modify -----------------------------------------------------------------
+
+    def receiveMsg_ModifyOrder(self, message: ModifyOrder, sender: Any) -> None:
+        if self.order is None or self.order.order_id != message.order_id:
+            self.send(self.peers.supervisor, message)  # released meanwhile
+            return
+        self._modify(self.order, message.change)
+        self._finish()
+
+    def _modify(self, order: Order, change: OrderChange) -> None:
+        """Record the request (the order carries it from now on), then check it against the quote."""
+        working = order.status in AWAITING_BROKER and order.order_type is not OrderType.MARKET and order.broker_order_id is not None
+        try:
+            if order.pending_modify is not None:
+                reason = f"modify {order.pending_modify.request_id} is still waiting for the broker's answer"
+                self._emit(EventKind.MODIFY_REFUSED, detail=reason, change=change)
+            elif self.cancelling:
+                self._emit(EventKind.MODIFY_REFUSED, detail="a cancel of the order is under way", change=change)
+            elif not working and order.status is not OrderStatus.FILLED:
+                reason = f"a {order.status.value} {order.order_type.value} order is not working at the broker: nothing to modify"
+                self._emit(EventKind.MODIFY_REFUSED, detail=reason, change=change)
+            else:
+                self._emit(EventKind.MODIFY_REQUESTED, detail=_describe(change), change=change, pending_modify=change)
+                self._check_modify(order)
+        except IllegalTransition as refused:  # it ended just now (the news it was assigned with)
+            self._log("warning", "modify refused: %s", refused)
+
+    def _check_modify(self, order: Order) -> None:
+        """The pre-trade rules need the last quote: ingress has it (answered with Quotes)."""
+        self.modify_sends = 0
+        self.send(self.peers.ingress, GetQuotes([order.symbol]))
+        self._arm_modify_timer()
+
+    def receiveMsg_Quotes(self, message: Quotes, sender: Any) -> None:
+        if self.order is None or (change := self.order.pending_modify) is None or self.modify_sends:
+            return  # not (or no longer) waiting for a quote
+        try:
+            check_change(self.order, change, message.quotes.get(self.order.symbol), self.settings.limits, datetime.now(UTC))
+        except SignalRefused as refused:
+            self._emit(EventKind.MODIFY_REFUSED, detail=f"{refused.reason}: {refused.detail}", change=change, pending_modify=None)
+        else:
+            self._send_modify(self.order, change)
+        self._finish()
+
+    def _send_modify(self, order: Order, change: OrderChange) -> None:
+        self.modify_sends += 1
+        fields = msgspec.structs.asdict(change)
+        del fields["request_id"]
+        self.send(self.peers.gateway, ModifyAtBroker(wire.ModifyRequest(order_id=order.order_id, **fields)))
+        self._arm_modify_timer()
+
+    def _on_modify_result(self, order: Order, result: wire.RequestResult) -> None:
+        change = order.pending_modify
+        if change is None:
+            self._log("info", "late answer to a modify, ignored: %s %s", result.retcode, result.comment)
+        elif result.retcode in MODIFY_ACCEPTED:
+            detail = f"{result.retcode} {result.comment}"
+            self._emit(EventKind.MODIFIED, detail=detail, change=change, pending_modify=None, **changed_fields(order, change))
+        else:
+            self._emit(EventKind.MODIFY_REFUSED, detail=f"{result.retcode} {result.comment}", change=change, pending_modify=None)
+
+    def _modify_timer(self) -> tuple[object, ...] | None:
+        """The payload of the pending modify's timer: a timer of an earlier request or send is moot."""
+        if self.order is None or self.order.pending_modify is None:
+            return None
+        return (self.order.order_id, self.order.pending_modify.request_id, self.modify_sends)
+
+    def _arm_modify_timer(self) -> None:
+        # The gateway gives up on a request after REQUEST_TIMEOUT_S: wait at least that long.
+        wait = self.settings.broker_timeout_s + REQUEST_TIMEOUT_S
+        self.wakeupAfter(timedelta(seconds=wait), payload=self._modify_timer())
+
+    def _modify_unanswered(self, order: Order, change: OrderChange) -> None:
+        if 0 < self.modify_sends < MODIFY_SENDS:
+            self._log("warning", "no answer to modify %s: sending it again", change.request_id)
+            self._send_modify(order, change)
+            return
+        if self.modify_sends:
+            reason = f"no answer from the connector to {self.modify_sends} requests: the broker may or may not have applied it"
+        else:
+            reason = "no quote came back to check it against"
+        self._emit(EventKind.MODIFY_REFUSED, detail=reason, change=change, pending_modify=None)
+
     def doing(self) -> str:
         return f"order {self.order.order_id} ({self.order.status.value})" if self.order else "idle"
 
@@ -329,9 +441,9 @@ class OrderActor(RoleActor):
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
-    def _emit(self, kind: EventKind, detail: str | None = None, **changes: object) -> None:
+    def _emit(self, kind: EventKind, detail: str | None = None, change: OrderChange | None = None, **changes: object) -> None:
         assert self.order is not None
-        self._apply(advance(self.order, kind, datetime.now(UTC), self.address, detail=detail, **changes))
+        self._apply(advance(self.order, kind, datetime.now(UTC), self.address, detail=detail, change=change, **changes))
 
     def _apply(self, event: OrderEvent) -> None:
         self.order = event.order
@@ -352,7 +464,8 @@ class OrderActor(RoleActor):
             self.pending_events = []
         if self.order is None:
             return
-        if self.order.status in TERMINAL or self._resting():
+        # A filled order is held while the SL/TP change of its position is pending.
+        if (self.order.status in TERMINAL and self.order.pending_modify is None) or self._resting():
             self.send(self.peers.supervisor, Released(self.order))
             self.order = None
         elif self.order.status in AWAITING_BROKER:
@@ -361,4 +474,10 @@ class OrderActor(RoleActor):
     def _log(self, level: str, text: str, *args: object) -> None:
         order_id = self.order.order_id if self.order is not None else "-"
         getattr(log, level)(f"order {order_id} @ {self.address}: {text}", *args)
+
+
+def _describe(change: OrderChange) -> str:
+    fields = msgspec.structs.asdict(change)
+    del fields["request_id"]
+    return f"modify {change.request_id}: " + ", ".join(f"{name} {value}" for name, value in fields.items() if value is not None)
 

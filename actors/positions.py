@@ -39,11 +39,12 @@ from messages.enums import (
     DealEntry,
     DealReason,
     ExitReason,
+    OrderStatus,
     PositionSide,
     PositionStatus,
     Side,
 )
-from messages.order import Fill
+from messages.order import EventKind, Fill, Order
 from messages.position import Position, PositionAlert, position_id_for
 from messages.symbols import SYMBOLS
 from model.exposure import OpenPosition, PositionsView
@@ -160,6 +161,19 @@ class PositionBook:
         self.positions[ticket] = reduce(position, fill, at)
         return [self.positions[ticket]]
 
+    def restop(self, order: Order, at: datetime) -> list[Position]:
+        """The open position ``order`` opened takes the order's new SL/TP. Only once the order is
+        filled: before, the broker changed the working rest of the order, not the position its
+        partial fills opened."""
+        if order.status is not OrderStatus.FILLED:
+            return []
+        changed = []
+        for ticket, position in self.positions.items():
+            if position.entry_order_id == order.order_id and position.position_status is PositionStatus.OPEN:
+                self.positions[ticket] = msgspec.structs.replace(position, stop_loss=order.stop_loss, take_profit=order.take_profit, updated_at=at)
+                changed.append(self.positions[ticket])
+        return changed
+
     def open_positions(self) -> list[Position]:
         return [p for p in self.positions.values() if p.position_status is PositionStatus.OPEN]
 
@@ -206,6 +220,9 @@ class PositionKeeper(RoleActor):
             if moved and fill.order_id is not None:
                 applied[fill.order_id] += fill.fill_quantity
             changed += moved
+        for event in message.events:
+            if event.kind is EventKind.MODIFIED:
+                changed += self.book.restop(event.order, now)
         if changed:
             self.send(self.peers.recorder, RecordPositions(changed))
             self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(p) for p in changed], applied=dict(applied)))

@@ -227,9 +227,9 @@ class Recorder(RoleActor):
                 self.send(self.peers.ingress, SignalsDurable(created))
         else:
             self.outbox.done(batch_id)
-        fill_events = [e for e in batch.events if e.fill is not None]
-        if fill_events or batch.deals:
-            self.send(self.peers.positions, FillsRecorded(fill_events, batch.deals))
+        position_events = [e for e in batch.events if e.fill is not None or e.kind is EventKind.MODIFIED]
+        if position_events or batch.deals:
+            self.send(self.peers.positions, FillsRecorded(position_events, batch.deals))
 
     # --- questions only the store can answer -------------------------------------------
 

@@ -2,7 +2,8 @@
 
 ``pending`` and ``submitted`` are published by the gateway as the order goes out (the
 submitted message is the order request itself), so that they precede every later status
-and the connector never mistakes a status update for a new order.
+and the connector never mistakes a status update for a new order. A modify changes no status
+(a second ``filled`` would read as another fill): its events are in the archive only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from messages.actor import Publish, PublishAlert
 from messages.codec import encode
 from messages.control import ServerCheck
 from messages.enums import OrderStatus
-from messages.order import OrderEvent, OrderStatusMessage
+from messages.order import MODIFY_KINDS, OrderEvent, OrderStatusMessage
 from messages.position import ALERT_SUBJECT, PositionAlert
 from service.health import check_nats
 from service.logs import Log
@@ -35,7 +36,8 @@ class StatusPublisher(SinkActor):
         return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
-        self.enqueue([e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY], message.batch_id, sender)
+        published = [e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY and e.kind not in MODIFY_KINDS]
+        self.enqueue(published, message.batch_id, sender)
 
     def receiveMsg_PublishAlert(self, message: PublishAlert, sender: Any) -> None:
         self.enqueue([message.alert])

@@ -48,6 +48,9 @@ from messages.actor import (
     GetPeers,
     History,
     LoadState,
+    ModifyAnswer,
+    ModifyCommand,
+    ModifyOrder,
     OrderDirectoryEntry,
     Orphan,
     Peers,
@@ -83,7 +86,7 @@ from messages.control import (
     TradingHalt,
     flatten_signal_id,
 )
-from messages.enums import OrderType, PositionSide, Side, SignalType, TimeInForce
+from messages.enums import OrderStatus, OrderType, PositionSide, Side, SignalType, TimeInForce
 from messages.order import Order, order_id_for
 from messages.signal import SignalRefused, TradingSignal, fingerprint
 from model.exposure import Exposure, OpenPosition, PositionsView, closing_side
@@ -184,8 +187,9 @@ class Supervisor(RoleActor):
         self.started_at = datetime.now(UTC)
         # (address, role) of actors that died, to route what was still sent to them.
         self.retired: list[tuple[Any, str]] = []
-        # Operators waiting to hear why an order that is not open cannot be cancelled.
-        self.cancel_askers: dict[uuid.UUID, list[Any]] = {}
+        # Operators asking to cancel (None) or modify an order that is not open, until its
+        # history says what became of it.
+        self.history_askers: dict[uuid.UUID, list[tuple[Any, ModifyOrder | None]]] = {}
         # The trading halt in force (None: trading), as execution_control records it; what
         # status and the metrics read. Its changes are numbered; the last one may not be
         # recorded yet (or its write failed: then the next command writes it again).
@@ -417,19 +421,50 @@ class Supervisor(RoleActor):
             self.receiveMsg_CancelOrder(CancelOrder(order_id, message.reason), sender)
             self.send(sender, CancelAnswer(order_id, True, f"cancelling it (it was {order.status.value})"))
         else:
-            self.cancel_askers.setdefault(order_id, []).append(sender)
-            self.send(self.peers.recorder, GetHistory(order_id))
+            self._ask_history(order_id, sender, None)
+
+    def receiveMsg_ModifyOrder(self, message: ModifyOrder, sender: Any) -> None:
+        if message.order_id in self.resting:
+            self._assign(Assign(self.resting[message.order_id], modify=message))
+        elif message.order_id in self.active:
+            self.send(self.active[message.order_id], message)
+        else:
+            log.warning("modify of %s: not an open order", message.order_id)
+
+    def receiveMsg_ModifyCommand(self, message: ModifyCommand, sender: Any) -> None:
+        """An operator's modify, answered: an open order's goes to its actor; a filled one's
+        (the SL/TP of its position) once its history has given the order."""
+        order_id = self.known[message.key][0] if message.key in self.known else message.key
+        order = self.resting.get(order_id) or self.active_orders.get(order_id)
+        if order is not None:
+            self.receiveMsg_ModifyOrder(ModifyOrder(order_id, message.change), sender)
+            self.send(sender, ModifyAnswer(order_id, True, f"modifying it (it was {order.status.value})"))
+        else:
+            self._ask_history(order_id, sender, ModifyOrder(order_id, message.change))
+
+    def _ask_history(self, order_id: uuid.UUID, asker: Any, modify: ModifyOrder | None) -> None:
+        self.history_askers.setdefault(order_id, []).append((asker, modify))
+        self.send(self.peers.recorder, GetHistory(order_id))
 
     def receiveMsg_History(self, message: History, sender: Any) -> None:
         order_id = message.order_id
-        if not message.events:
-            reason = f"no order {order_id} is known"
-        elif (status := max(message.events, key=lambda e: e.seq).status) in TERMINAL:
-            reason = f"order {order_id} is already {status.value}: nothing to cancel"
-        else:  # queued for an actor, or being revived after its actor died
-            reason = f"order {order_id} is {status.value} but between actors right now: try again"
-        for asker in self.cancel_askers.pop(order_id, []):
-            self.send(asker, CancelAnswer(order_id, False, reason))
+        latest = max(message.events, key=lambda e: e.seq).order if message.events else None
+        for asker, modify in self.history_askers.pop(order_id, []):
+            if modify is not None and latest is not None and latest.status is OrderStatus.FILLED:
+                if order_id in self.active:  # an earlier modify's actor holds it
+                    self.send(self.active[order_id], modify)
+                else:
+                    self._assign(Assign(latest, modify=modify))
+                self.send(asker, ModifyAnswer(order_id, True, "modifying the position it opened (the order is filled)"))
+                continue
+            verb = "cancel" if modify is None else "modify"
+            if latest is None:
+                reason = f"no order {order_id} is known"
+            elif latest.status in TERMINAL:
+                reason = f"order {order_id} is already {latest.status.value}: nothing to {verb}"
+            else:  # queued for an actor, or being revived after its actor died
+                reason = f"order {order_id} is {latest.status.value} but between actors right now: try again"
+            self.send(asker, CancelAnswer(order_id, False, reason) if modify is None else ModifyAnswer(order_id, False, reason))
 
     def receiveMsg_ShowOrder(self, message: ShowOrder, sender: Any) -> None:
         order_id = self.known[message.key][0] if message.key in self.known else message.key
@@ -488,7 +523,10 @@ class Supervisor(RoleActor):
 
     def receiveMsg_CancelResting(self, message: CancelResting, sender: Any) -> None:
         """Cancel every working order: resting at the broker, or a pending one on its way there."""
-        pending = [order_id for order_id, order in self.active_orders.items() if order.order_type is not OrderType.MARKET]
+        pending = [
+            order_id for order_id, order in self.active_orders.items()
+            if order.order_type is not OrderType.MARKET and order.status not in TERMINAL  # (a filled one held for a modify)
+        ]  # fmt: skip
         working = [*self.resting, *pending]
         for order_id in working:
             self.receiveMsg_CancelOrder(CancelOrder(order_id, message.reason), self.myAddress)
@@ -636,6 +674,8 @@ class Supervisor(RoleActor):
             self._revive(letter.order_id, letter.news)
         elif role == "order" and isinstance(letter, CancelOrder):
             self.receiveMsg_CancelOrder(letter, sender)
+        elif role == "order" and isinstance(letter, ModifyOrder):
+            self.receiveMsg_ModifyOrder(letter, sender)
         elif role == "order" and isinstance(letter, Assign):
             pass  # its order is being revived on another actor
         else:

@@ -17,17 +17,26 @@ from messages.broker import (
     BrokerFill,
     BrokerOrderReport,
     BrokerPlaced,
+    ModifyRequest,
     OrderRequest,
     PositionsReport,
     RequestResult,
 )
 from messages.control import ControlRecord, TradingHalt
-from messages.order import Fill, Order, OrderEvent, OrderStatusMessage
+from messages.order import Fill, Order, OrderChange, OrderEvent, OrderStatusMessage
 from messages.position import Position, PositionAlert
 from messages.signal import TradingSignal
 from service.config import Settings
 
-BrokerNews = BrokerFill | BrokerError | BrokerPlaced | BrokerCancelled | BrokerOrderReport | RequestResult
+
+
+class ModifyResult(msgspec.Struct, frozen=True):
+    """The connector's answer to a modify: a RequestResult, told apart from a cancel's."""
+
+    result: RequestResult
+
+
+BrokerNews = BrokerFill | BrokerError | BrokerPlaced | BrokerCancelled | BrokerOrderReport | RequestResult | ModifyResult
 
 
 class Peers(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,15 +161,39 @@ class CancelAnswer(msgspec.Struct, frozen=True):
     reason: str
 
 
+class ModifyOrder(msgspec.Struct, frozen=True):
+    """An operator's change to one order (or to the position it opened)."""
+
+    order_id: uuid.UUID
+    change: OrderChange
+
+
+class ModifyCommand(msgspec.Struct, frozen=True):
+    """An operator's modify (order_id or signal_id), answered with ModifyAnswer."""
+
+    key: uuid.UUID
+    change: OrderChange
+
+
+class ModifyAnswer(msgspec.Struct, frozen=True):
+    """Accepted: the order's actor has the change (its outcome is a MODIFIED or MODIFY_REFUSED
+    event naming the request); else why not."""
+
+    order_id: uuid.UUID
+    accepted: bool
+    reason: str
+
+
 class Assign(msgspec.Struct, frozen=True):
     """Make this order active on the receiving OrderActor. With ``reconcile`` the actor first
-    asks the broker what happened (a revived order); ``news`` is broker news to apply and
-    ``cancel`` a cancellation to carry out."""
+    asks the broker what happened (a revived order); ``news`` is broker news to apply,
+    ``cancel`` a cancellation and ``modify`` a change to carry out."""
 
     order: Order
     reconcile: bool = False
     news: BrokerNews | None = None
     cancel: CancelOrder | None = None
+    modify: ModifyOrder | None = None
 
 
 class Released(msgspec.Struct, frozen=True):
@@ -204,6 +237,10 @@ class CancelAtBroker(msgspec.Struct, frozen=True):
     order_id: uuid.UUID
 
 
+class ModifyAtBroker(msgspec.Struct, frozen=True):
+    request: ModifyRequest
+
+
 class Record(msgspec.Struct, frozen=True):
     events: list[OrderEvent]
 
@@ -233,6 +270,8 @@ class Delivered(msgspec.Struct, frozen=True):
 
 
 class FillsRecorded(msgspec.Struct, frozen=True):
+    """To the position keeper: recorded fill events, and MODIFIED events (new SL/TP)."""
+
     events: list[OrderEvent]
     orphan_fills: list[Fill]
 

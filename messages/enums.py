@@ -146,5 +146,7 @@ class Retcode(IntEnum):
     PRICE_OFF = 10021
     INVALID_EXPIRATION = 10022
     ORDER_CHANGED = 10023
+    # A modify that changes nothing: also what a resend finds when the first one was applied.
+    NO_CHANGES = 10025
     INVALID_FILL = 10030
     POSITION_CLOSED = 10036

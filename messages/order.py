@@ -64,6 +64,20 @@ class Fill(msgspec.Struct, frozen=True, kw_only=True):
     execution_timestamp: datetime
 
 
+class OrderChange(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator's change to a working order, or to the SL/TP of the position a filled order
+    opened, in MT5's terms (TRADE_ACTION_MODIFY / SLTP): ``price`` is a limit's limit and a stop's
+    or stop-limit's stop, ``stoplimit`` a stop-limit's limit; an ``sl`` or ``tp`` of 0 removes it.
+    None leaves a field as it is. ``request_id`` names the request in its events."""
+
+    request_id: uuid.UUID
+    price: float | None = None
+    stoplimit: float | None = None
+    sl: float | None = None
+    tp: float | None = None
+    expiration: datetime | None = None
+
+
 class Order(msgspec.Struct, frozen=True, kw_only=True):
     order_id: uuid.UUID
     signal_id: uuid.UUID
@@ -100,6 +114,9 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     # Broker deals already applied: a repeated deal is recognised, never counted twice.
     deals: tuple[int, ...] = ()
+    # A change sent (or about to be sent) to the broker and not answered yet: in the snapshot,
+    # so a revived or recovered order carries it on.
+    pending_modify: OrderChange | None = None
     actor_address: str = ""
     version: int = 0
 
@@ -120,6 +137,28 @@ class EventKind(str, Enum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     QUERIED = "queried"
+    MODIFY_REQUESTED = "modify_requested"
+    MODIFIED = "modified"
+    MODIFY_REFUSED = "modify_refused"
+
+
+MODIFY_KINDS = frozenset({EventKind.MODIFY_REQUESTED, EventKind.MODIFIED, EventKind.MODIFY_REFUSED})
+
+
+def changed_fields(order: Order, change: OrderChange) -> dict[str, object]:
+    """The order's fields once the broker has taken ``change`` (MT5's terms to the order's)."""
+    fields: dict[str, object] = {}
+    if change.price is not None:
+        fields["stop_price" if order.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) else "price"] = change.price
+    if change.stoplimit is not None:
+        fields["price"] = change.stoplimit
+    if change.sl is not None:
+        fields["stop_loss"] = change.sl or None
+    if change.tp is not None:
+        fields["take_profit"] = change.tp or None
+    if change.expiration is not None:
+        fields.update(expires_at=change.expiration, time_in_force=TimeInForce.GTD)  # as MT5 sets ORDER_TIME_SPECIFIED
+    return fields
 
 
 class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -134,6 +173,8 @@ class OrderEvent(msgspec.Struct, frozen=True, kw_only=True):
     actor_address: str
     order: Order
     fill: Fill | None = None
+    # The change a modify event is about (the operator's request it answers).
+    change: OrderChange | None = None
     detail: str | None = None
 
 

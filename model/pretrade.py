@@ -3,7 +3,8 @@
 Pure: the signal, its symbol, the last quote, the limits and the clock go in; out comes
 nothing, or a SignalRefused naming the reason (a stable code) and what to fix. Ingress runs
 ``check_signal`` on every signal; the checks that need the positions and the open orders
-(exposure, closes) are ``model.exposure``'s, run by the supervisor.
+(exposure, closes) are ``model.exposure``'s, run by the supervisor. ``check_change`` holds an
+operator's modify to the same rules before it goes to the broker.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from datetime import datetime, timedelta
 import msgspec
 
 from messages.broker import BrokerQuote
-from messages.enums import ApprovalStatus, OrderType, Side, SignalType, TimeInForce
+from messages.enums import ApprovalStatus, OrderStatus, OrderType, Side, SignalType, TimeInForce
+from messages.order import Order, OrderChange, changed_fields
 from messages.signal import SignalRefused, TradingSignal
 from messages.symbols import SymbolSpec
 
@@ -142,3 +144,41 @@ def _check_time_in_force(signal: TradingSignal, quote: BrokerQuote, limits: Limi
             raise SignalRefused("expiry_too_close", f"expires_at {expiry.isoformat()} is less than {limits.min_expiry_s:g}s away")
     if signal.time_in_force is TimeInForce.DAY and not quote.trade_allowed:
         raise SignalRefused("market_closed", f"{signal.symbol}'s session is closed: a DAY order would have no day to work in")
+
+
+def check_change(order: Order, change: OrderChange, quote: tuple[float, float] | None, limits: Limits, now: datetime) -> None:
+    """Raise SignalRefused unless ``change`` (to a working order, or to the position a filled
+    order opened) may go to the broker: its prices within the band of the last quote (bid,
+    ask), the stops on the right side of the entry (of the market, for a position), the
+    expiry far enough ahead. What only the broker knows (a limit on the wrong side of the
+    market, a position closed meanwhile) the broker refuses, as for a new order."""
+    filled = order.status is OrderStatus.FILLED
+    if filled and (change.price, change.stoplimit, change.expiration) != (None, None, None):
+        raise SignalRefused("position_takes_sl_tp", "the order is filled: only the SL/TP of the position it opened can change")
+    for name in ("price", "stoplimit"):
+        if (value := getattr(change, name)) is not None and value <= 0:
+            raise SignalRefused("non_positive_price", f"{name} {value} must be positive")
+    for name in ("sl", "tp"):
+        if (value := getattr(change, name)) is not None and value < 0:
+            raise SignalRefused("non_positive_price", f"{name} {value} must be positive (0 removes it)")
+    if quote is None:
+        raise SignalRefused("no_market_quote", f"no quote for {order.symbol} from the connector: prices cannot be checked")
+    bid, ask = quote
+    band = limits.price_band_pct / 100
+    for name in ("price", "stoplimit"):
+        if (value := getattr(change, name)) is not None and abs(value / ((bid + ask) / 2) - 1) > band:
+            raise SignalRefused("price_out_of_band", f"{name} {value} is more than {limits.price_band_pct}% from the market ({bid}/{ask})")
+    after = msgspec.structs.replace(order, **changed_fields(order, change))
+    if filled:  # a position's stops bracket the price it would close at now (a buy closes at the bid)
+        label, reference = "market", bid if order.side is Side.BUY else ask
+    else:
+        label, reference = "entry", (after.stop_price if order.order_type is OrderType.STOP else after.price) or 0.0
+    sign = order.side.sign
+    if after.stop_loss is not None and (after.stop_loss - reference) * sign >= 0:
+        where = "below" if order.side is Side.BUY else "above"
+        raise SignalRefused("invalid_stops", f"a {order.side.value}'s stop_loss {after.stop_loss} must be {where} the {label} price {reference}")
+    if after.take_profit is not None and (after.take_profit - reference) * sign <= 0:
+        where = "above" if order.side is Side.BUY else "below"
+        raise SignalRefused("invalid_stops", f"a {order.side.value}'s take_profit {after.take_profit} must be {where} the {label} price {reference}")
+    if change.expiration is not None and change.expiration < now + timedelta(seconds=limits.min_expiry_s):
+        raise SignalRefused("expiry_too_close", f"expires_at {change.expiration.isoformat()} is less than {limits.min_expiry_s:g}s away")

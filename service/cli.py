@@ -6,6 +6,9 @@ demo       paper trading: the simulated connector, the service, a handful of sig
 show ID    trace one order: its actor, alive or not, live state, history
 cancel ID  cancel an open order and follow it until it ends (exit 0 only if it ended cancelled)
            (ID: an order_id or a signal_id, or the start of either that names one order)
+modify ID  change a working order's --price, --stoplimit, --sl, --tp or --expires, or the --sl/--tp
+           of the open position a filled order opened; waits for the broker (exit 0 only if
+           it took the change)
 halt       refuse new signals (trading_halted) until resume, also after a restart; --cancel-resting
            cancels every working order, --flatten closes every open position at market (exit 0
            only if each ended so); --reason TEXT
@@ -31,7 +34,7 @@ import re
 import sys
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +50,8 @@ from messages.actor import (
     GetPositions,
     GetState,
     History,
+    ModifyAnswer,
+    ModifyCommand,
     OrderDirectoryEntry,
     OrderState,
     Ping,
@@ -57,7 +62,7 @@ from messages.actor import (
     ShowOrder,
 )
 from messages.enums import OrderStatus
-from messages.order import Order, OrderEvent
+from messages.order import EventKind, Order, OrderChange, OrderEvent
 from messages.position import Position
 from service.config import Settings, load_settings
 from system import Refused, admin_port_open, join, run
@@ -219,6 +224,27 @@ class Client:
             raise Refused(f"order {order_id} ended {status.value}, not cancelled")
         raise Refused(f"order {order_id} is still {status.value if status else 'unrecorded'} {wait_s:.0f}s after the cancel was accepted")
 
+    def modify(self, key: uuid.UUID, change: OrderChange, wait_s: float) -> str:
+        """Send the change and wait for the broker's answer: Refused unless it took it."""
+        answer = self.ask(self.supervisor, ModifyCommand(key, change), ModifyAnswer)
+        if not answer.accepted:
+            raise Refused(f"modify refused: {answer.reason}")
+        order_id = answer.order_id
+        print(f"modify of order {order_id} accepted: {answer.reason}; waiting for the broker...", flush=True)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            events = self.ask(self.peers.recorder, GetHistory(order_id), History).events
+            answers = (e for e in events if e.kind in (EventKind.MODIFIED, EventKind.MODIFY_REFUSED))
+            outcome = next((e for e in answers if e.change is not None and e.change.request_id == change.request_id), None)
+            if outcome is not None and outcome.kind is EventKind.MODIFIED:
+                return f"order {order_id} modified ({outcome.detail})"
+            if outcome is not None:
+                raise Refused(f"modify of order {order_id} refused: {outcome.detail}")
+            if events and (status := events[-1].status) in TERMINAL and status is not OrderStatus.FILLED:
+                raise Refused(f"order {order_id} ended {status.value} before the modify was answered")
+            time.sleep(FOLLOW_INTERVAL_S)
+        raise Refused(f"no answer to the modify of order {order_id} within {wait_s:.0f}s")
+
     def status(self, order_id: uuid.UUID) -> OrderStatus | None:
         """The order's latest recorded status (None before anything of it is recorded)."""
         history = self.ask(self.peers.recorder, GetHistory(order_id), History)
@@ -236,6 +262,14 @@ def since(text: str) -> datetime:
         return parse_since(text)
     except ValueError as invalid:
         raise argparse.ArgumentTypeError(str(invalid)) from None
+
+
+def iso_time(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as invalid:
+        raise argparse.ArgumentTypeError(str(invalid)) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def parameter(text: str) -> tuple[str, str]:
@@ -266,6 +300,14 @@ def command(argv: list[str] | None) -> None:
     cancel.add_argument("id", help=id_help)
     cancel.add_argument("--reason", default="operator")
     cancel.add_argument("--wait", type=float, default=CANCEL_WAIT_S, metavar="SECONDS", help="how long to follow the order")
+    modify = commands.add_parser("modify")
+    modify.add_argument("id", help=id_help)
+    modify.add_argument("--price", type=float, help="a limit's limit price, a stop's or stop-limit's stop price")
+    modify.add_argument("--stoplimit", type=float, help="a stop-limit's limit price")
+    modify.add_argument("--sl", type=float, help="stop-loss (0 removes it)")
+    modify.add_argument("--tp", type=float, help="take-profit (0 removes it)")
+    modify.add_argument("--expires", type=iso_time, metavar="ISO-TIME", help="expiry (the order becomes GTD); UTC unless it says")
+    modify.add_argument("--wait", type=float, default=CANCEL_WAIT_S, metavar="SECONDS", help="how long to wait for the broker")
     commands.add_parser("positions").add_argument("--json", action="store_true", help=json_help)
     commands.add_parser("ps").add_argument("--json", action="store_true", help=json_help)
     sql = commands.add_parser("sql")
@@ -285,6 +327,8 @@ def command(argv: list[str] | None) -> None:
     report.add_argument("--json", action="store_true", help="print the figures as JSON")
     commands.add_parser("migrate")
     args = parser.parse_args(argv)
+    if args.command == "modify" and (args.price, args.stoplimit, args.sl, args.tp, args.expires) == (None,) * 5:
+        parser.error("modify: nothing to change (give --price, --stoplimit, --sl, --tp or --expires)")
     settings = load_settings()
 
     if args.command == "run":
@@ -309,6 +353,9 @@ def command(argv: list[str] | None) -> None:
             print(operate.to_json(trace) if args.json else trace_text(trace))
         elif args.command == "cancel":
             print(client.cancel(client.resolve(args.id), args.reason, args.wait))
+        elif args.command == "modify":
+            change = OrderChange(request_id=uuid.uuid4(), price=args.price, stoplimit=args.stoplimit, sl=args.sl, tp=args.tp, expiration=args.expires)
+            print(client.modify(client.resolve(args.id), change, args.wait))
         elif args.command == "positions":
             snapshot = client.ask(client.peers.positions, GetPositions(), PositionsSnapshot)
             print(operate.to_json(snapshot.positions) if args.json else positions_table(snapshot.positions))

@@ -16,8 +16,8 @@ from actors.lifecycle import (
     slippage,
 )
 from messages.broker import BrokerFill
-from messages.enums import OrderStatus, OrderType, Side
-from messages.order import EventKind, Order, order_id_for
+from messages.enums import OrderStatus, OrderType, Side, TimeInForce
+from messages.order import MODIFY_KINDS, EventKind, Order, OrderChange, changed_fields, order_id_for
 from messages.symbols import SYMBOLS
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -48,7 +48,9 @@ def submitted(o: Order) -> Order:
 def test_all_seven_states_are_reachable_and_the_terminal_ones_are_final() -> None:
     reachable = {OrderStatus.PENDING} | set(TRANSITIONS.values())
     assert reachable == set(OrderStatus)
-    assert not [key for key in TRANSITIONS if key[0] in TERMINAL]
+    # A terminal status never changes; only a filled order takes events: its position's SL/TP.
+    assert {(status, kind) for (status, kind) in TRANSITIONS if status in TERMINAL} == {(OrderStatus.FILLED, kind) for kind in MODIFY_KINDS}
+    assert all(TRANSITIONS[key] is key[0] for key in TRANSITIONS if key[1] in MODIFY_KINDS)
 
 
 def test_each_event_bumps_the_version_and_names_itself() -> None:
@@ -65,6 +67,8 @@ def test_each_event_bumps_the_version_and_names_itself() -> None:
         (OrderStatus.REJECTED, EventKind.SUBMITTED),
         (OrderStatus.PENDING, EventKind.FILL),
         (OrderStatus.FILLED, EventKind.CANCELLED),
+        (OrderStatus.CANCELLED, EventKind.MODIFY_REQUESTED),
+        (OrderStatus.PENDING, EventKind.MODIFY_REQUESTED),
     ],
 )
 def test_impossible_transitions_are_refused(status: OrderStatus, kind: EventKind) -> None:
@@ -120,3 +124,45 @@ def test_the_fill_record_carries_its_slippage() -> None:
     event = apply_deal(o, deal(o, 5, 1.0, 151.480), SYMBOLS["USDJPY"], "A")
     assert event is not None and event.fill is not None
     assert (event.fill.slippage, event.fill.slippage_pips, event.fill.expected_price) == (pytest.approx(0.02), 2.0, 151.5)
+
+
+def resting(order_type: OrderType = OrderType.LIMIT, status: OrderStatus = OrderStatus.SUBMITTED) -> Order:
+    return Order(**_fields(order(), order_type=order_type, status=status, price=1.08400, stop_price=1.08600, broker_order_id="7"))
+
+
+@pytest.mark.parametrize("status", [OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED])
+def test_a_modify_keeps_the_status_and_the_order_carries_the_pending_change_until_answered(status: OrderStatus) -> None:
+    change = OrderChange(request_id=uuid.uuid4(), sl=1.08000)
+    requested = advance(resting(status=status), EventKind.MODIFY_REQUESTED, NOW, "A", change=change, pending_modify=change)
+    assert (requested.status, requested.change, requested.order.pending_modify) == (status, change, change)
+    modified = advance(requested.order, EventKind.MODIFIED, NOW, "A", change=change, pending_modify=None, **changed_fields(requested.order, change))
+    assert (modified.status, modified.order.stop_loss, modified.order.pending_modify) == (status, 1.08000, None)
+    refused = advance(requested.order, EventKind.MODIFY_REFUSED, NOW, "A", detail="10016 Invalid stops", change=change, pending_modify=None)
+    assert (refused.status, refused.order.stop_loss, refused.order.pending_modify) == (status, None, None)
+
+
+def test_a_fill_while_a_modify_is_pending_is_applied_and_keeps_the_change_pending() -> None:
+    change = OrderChange(request_id=uuid.uuid4(), price=1.08450)
+    o = advance(resting(), EventKind.MODIFY_REQUESTED, NOW, "A", change=change, pending_modify=change).order
+    filled = apply_deal(o, deal(o, 1, 1.0, 1.08400), SYMBOLS["EURUSD"], "A")
+    assert filled is not None and filled.status is OrderStatus.FILLED and filled.order.pending_modify == change
+
+
+def test_an_order_that_ends_otherwise_drops_its_pending_modify() -> None:
+    change = OrderChange(request_id=uuid.uuid4(), price=1.08450)
+    o = advance(resting(), EventKind.MODIFY_REQUESTED, NOW, "A", change=change, pending_modify=change).order
+    assert advance(o, EventKind.CANCELLED, NOW, "A").order.pending_modify is None
+
+
+@pytest.mark.parametrize(
+    ("order_type", "change", "fields"),
+    [
+        (OrderType.LIMIT, {"price": 1.08300}, {"price": 1.08300}),
+        (OrderType.STOP, {"price": 1.08700}, {"stop_price": 1.08700}),
+        (OrderType.STOP_LIMIT, {"price": 1.08700, "stoplimit": 1.08650}, {"stop_price": 1.08700, "price": 1.08650}),
+        (OrderType.LIMIT, {"sl": 0.0, "tp": 1.09000}, {"stop_loss": None, "take_profit": 1.09000}),
+        (OrderType.LIMIT, {"expiration": NOW}, {"expires_at": NOW, "time_in_force": TimeInForce.GTD}),
+    ],
+)
+def test_a_change_in_mt5_terms_lands_on_the_order_fields(order_type: OrderType, change: dict[str, object], fields: dict[str, object]) -> None:
+    assert changed_fields(resting(order_type), OrderChange(request_id=uuid.uuid4(), **change)) == fields  # type: ignore[arg-type]
