@@ -171,6 +171,12 @@ def wait_gone(session: int, timeout_s: float = EXIT_TIMEOUT_S) -> list[int]:
     return members
 
 
+def wait_closed(port: int, timeout_s: float = EXIT_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while admin_port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def claim(settings: Settings) -> None:
     """Make way for a new launcher, or refuse (Refused) if a service is running on the admin
     port or from the run_dir. What a dead launcher left behind is cleared: only processes of
@@ -197,6 +203,7 @@ def claim(settings: Settings) -> None:
         )
         kill_session(dead.session)
         wait_gone(dead.session)
+        wait_closed(port)  # the dead admin's listening socket goes with its last process
     if admin_port_open(port):
         raise Refused(f"admin port {port} is in use by a program that is not a running execution-service")
     if (holder := chdb_holder(settings)) is not None:

@@ -124,7 +124,7 @@ class BrokerGateway(LoopActor):
             else:
                 self._route(BrokerUpdate(order_id, news))
         if closes:
-            self.send(self.peers.recorder, RecordDeals(closes))
+            self.hand_over(RecordDeals(closes))
 
         async def ack_all() -> None:
             for msg in message.deliveries:

@@ -245,7 +245,7 @@ class OrderActor(RoleActor):
                 # The deal happened at the broker whatever our state says: it is recorded for the
                 # positions, and the order is not silently changed.
                 self._log("error", "deal %s arrived for a %s order; recorded as a refused deal", deal.deal, self.order.status.value)
-                self.send(self.peers.recorder, RecordDeals([fill_of(deal, self.order.expected_price, SYMBOLS[deal.symbol])]))
+                self.hand_over(RecordDeals([fill_of(deal, self.order.expected_price, SYMBOLS[deal.symbol])]))
             return
         event = apply_deal(self.order, deal, SYMBOLS[self.order.symbol], self.address)
         if event is None:
@@ -311,7 +311,7 @@ class OrderActor(RoleActor):
         self.wakeupAfter(timedelta(seconds=wait), payload=(self.order.order_id, self.order.version))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        if self.order is None:
+        if self.handover_wakeup(message) or self.order is None:
             return
         if (change := self.order.pending_modify) is not None and message.payload == self._modify_timer():
             self._modify_unanswered(self.order, change)
@@ -460,7 +460,8 @@ class OrderActor(RoleActor):
             # One log line for what one message did (each line is a message to Thespian's logger).
             steps = "; ".join(f"{e.kind.value} -> {e.status.value}{f' ({e.detail})' if e.detail else ''}" for e in self.pending_events)
             self._log("info", "%s", steps)
-            self.send(self.peers.recorder, Record(self.pending_events))
+            # Kept (per process, across orders) until the recorder acknowledges it: see actors/base.py.
+            self.hand_over(Record(self.pending_events))
             self.pending_events = []
         if self.order is None:
             return

@@ -202,7 +202,7 @@ class PositionKeeper(RoleActor):
             self.book.apply(fill, stop_loss, take_profit, now)
         self.deals_checked_until = datetime.now(UTC) - timedelta(hours=self.settings.idempotency_window_hours)
         # What a keeper before this one computed but had not handed over is written again.
-        self.send(self.peers.recorder, RecordPositions(list(self.book.positions.values())))
+        self.hand_over(RecordPositions(list(self.book.positions.values())))
         opened = [open_position_of(p) for p in self.book.open_positions()]
         self.send(self.peers.supervisor, PositionsView(positions=opened, applied={}, complete=True))
         log.info("positions rebuilt from %d fills: %d open", len(message.fills), len(self.book.open_positions()))
@@ -224,7 +224,7 @@ class PositionKeeper(RoleActor):
             if event.kind is EventKind.MODIFIED:
                 changed += self.book.restop(event.order, now)
         if changed:
-            self.send(self.peers.recorder, RecordPositions(changed))
+            self.hand_over(RecordPositions(changed))
             self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(p) for p in changed], applied=dict(applied)))
 
     def receiveMsg_GetPositions(self, message: GetPositions, sender: Any) -> None:
@@ -233,6 +233,8 @@ class PositionKeeper(RoleActor):
     # --- reconciliation ---------------------------------------------------------------------
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        if self.handover_wakeup(message):
+            return
         self.send(self.peers.gateway, QueryPositions(self.deals_checked_until))
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
@@ -256,7 +258,7 @@ class PositionKeeper(RoleActor):
         for deal in missing:
             log.warning("reconciliation: deal %s (%s %s %s) never reached us: recovering it", deal.deal, deal.symbol, deal.side.value, deal.volume)
             if deal.order_id is None:
-                self.send(self.peers.recorder, RecordDeals([fill_of(deal, None, SYMBOLS[deal.symbol])]))
+                self.hand_over(RecordDeals([fill_of(deal, None, SYMBOLS[deal.symbol])]))
             else:
                 self.send(self.peers.supervisor, Orphan(BrokerUpdate(deal.order_id, deal)))
         if missing:
@@ -285,7 +287,7 @@ class PositionKeeper(RoleActor):
             if ticket not in theirs:
                 self._alert(ticket, mine.symbol, "missing_at_broker", mine.quantity, None, now)
         if changed:
-            self.send(self.peers.recorder, RecordPositions(changed))
+            self.hand_over(RecordPositions(changed))
 
     def _mark(self, position: Position, broker: BrokerPosition, now: datetime) -> Position:
         direction = 1 if position.side is PositionSide.LONG else -1

@@ -5,6 +5,10 @@ recorder loses nothing), and nothing is acknowledged or passed on until it is in
 after each successful flush it forwards the events to the archiver and the status publisher
 (which confirm them), the fills to the position keeper, and tells ingress which signals'
 orders are now recorded. A failing write is retried with backoff; the batch is kept.
+
+What it is handed is acknowledged (``Recorded``) once it is in the outbox, in one message per
+sender per ACK_WINDOW_S; senders keep it until then and send it again to a successor (see
+actors/base.py), so an event already taken (by its event_id) is dropped, not held twice.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from messages.actor import (
     Record,
     RecordDeals,
     RecordPositions,
+    Recorded,
     Rehydrate,
     Rehydrated,
     SignalsDurable,
@@ -66,6 +71,12 @@ MAX_BACKOFF_S = 5.0
 # The sinks that confirm each batch; a batch leaves the outbox when both have it.
 SINKS = ("archiver", "status_publisher")
 REATTACH = "reattach order_events"
+ACKNOWLEDGE = "acknowledge hand-overs"
+# Acknowledgements wait this long to go out together: one Recorded per sender per window
+# (well under RESEND_AFTER_S, after which a sender sends again).
+ACK_WINDOW_S = 0.5
+# The event_ids taken lately, to drop a hand-over sent again (bounded: oldest forgotten first).
+RECENT_EVENTS = 200_000
 
 
 class Recorder(RoleActor):
@@ -79,6 +90,12 @@ class Recorder(RoleActor):
         self.backoff_s = 0.0
         self.drain_asker: Any = None
         self.pressing = False
+        # str(sender) -> (sender, acks to send it at the end of the ack window)
+        self.acks: dict[str, tuple[Any, list[int]]] = {}
+        self.recent: dict[str, None] = {}
+        self.duplicates = 0
+        # Hand-overs that came before Configure (a successor is told of before it is set up).
+        self.early: list[tuple[Any, Any]] = []
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -87,12 +104,16 @@ class Recorder(RoleActor):
             self.store = Store(self.settings.dsn, self.settings.clickhouse_database, self.settings.clickhouse_auth)
             self.outbox = Outbox(Path(self.settings.run_dir) / "outbox")
             self._take_over_leftovers()
+            early, self.early = self.early, []
+            for letter, letter_sender in early:
+                self.receiveMessage(letter, letter_sender)
         self.send(sender, Ready("recorder"))
 
     def _take_over_leftovers(self) -> None:
         """Replay what a recorder before this one was handed but had not passed on."""
         assert self.store is not None
         sealed, unflushed = self.outbox.leftovers()
+        self._remember([e for _, batch in sealed for e in batch.events] + unflushed.events)
         for batch_id, batch in sealed:
             self.store.record_events(batch.events)
             self.unconfirmed[batch_id] = (batch.events, set(SINKS))
@@ -114,13 +135,55 @@ class Recorder(RoleActor):
                 self.send(getattr(self.peers, role), Publish(events, batch_id))
 
     def receiveMsg_Record(self, message: Record, sender: Any) -> None:
-        self._hold(Batch(events=message.events))
+        if self._early(message, sender):
+            return
+        events = [e for e in message.events if e.event_id not in self.recent]
+        if len(events) < len(message.events):
+            self.duplicates += len(message.events) - len(events)
+            log.info("%d events handed over again dropped: already taken", len(message.events) - len(events))
+        if events:
+            self._remember(events)
+            self._hold(Batch(events=events))
+        self._acknowledge(message, sender)
 
     def receiveMsg_RecordDeals(self, message: RecordDeals, sender: Any) -> None:
+        # (a deal is one row per execution_id however often it is written)
+        if self._early(message, sender):
+            return
         self._hold(Batch(deals=message.fills))
+        self._acknowledge(message, sender)
 
     def receiveMsg_RecordPositions(self, message: RecordPositions, sender: Any) -> None:
+        if self._early(message, sender):
+            return
         self._hold(Batch(positions=message.positions))
+        self._acknowledge(message, sender)
+
+    def _early(self, message: Any, sender: Any) -> bool:
+        if self.store is not None:
+            return False
+        self.early.append((message, sender))
+        return True
+
+    def _remember(self, events: list[OrderEvent]) -> None:
+        for event in events:
+            self.recent[event.event_id] = None
+        while len(self.recent) > RECENT_EVENTS:
+            del self.recent[next(iter(self.recent))]
+
+    def _acknowledge(self, message: Record | RecordDeals | RecordPositions, sender: Any) -> None:
+        """It is in the outbox: acknowledged with whatever else this sender hands over in the window."""
+        if not message.ack:
+            return
+        to = message.reply_to if message.reply_to is not None else sender
+        if not self.acks:
+            self.wakeupAfter(timedelta(seconds=ACK_WINDOW_S), payload=ACKNOWLEDGE)
+        self.acks.setdefault(str(to), (to, []))[1].append(message.ack)
+
+    def _send_acks(self) -> None:
+        acks, self.acks = self.acks, {}
+        for to, numbers in acks.values():
+            self.send(to, Recorded(numbers))
 
     def _hold(self, batch: Batch) -> None:
         self.outbox.append(batch)
@@ -154,6 +217,9 @@ class Recorder(RoleActor):
             assert self.store is not None
             self.store.client.command(f"ATTACH TABLE {self.settings.clickhouse_database}.order_events")
             log.warning("fault injection: order_events attached again")
+            return
+        if message.payload == ACKNOWLEDGE:
+            self._send_acks()
             return
         self.flush_scheduled = False
         self._flush()

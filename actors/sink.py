@@ -35,11 +35,18 @@ class SinkActor(LoopActor):
             self.start_loop()
             self.queue: asyncio.Queue[Any] = asyncio.Queue()
             self.spawn(self._drain_forever())
+            for early in getattr(self, "early", []):
+                self.enqueue(*early)
+            self.early: list[Any] = []
         self.send(sender, Ready(self.role))
 
     def enqueue(self, items: list[Any], batch_id: int | None = None, confirm_to: Any = None) -> None:
         """Queue items for writing; with a batch_id, ``confirm_to`` hears Delivered once they are written."""
-        assert self.loop is not None
+        if self.loop is None:  # a Publish that came before Configure: written once configured
+            if not hasattr(self, "early"):
+                self.early = []
+            self.early.append((items, batch_id, confirm_to))
+            return
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (items, batch_id, confirm_to))
 
     async def _drain_forever(self) -> None:

@@ -56,6 +56,7 @@ from messages.actor import (
     Peers,
     QueryBroker,
     Ready,
+    Recorded,
     Rehydrate,
     Rehydrated,
     Released,
@@ -108,6 +109,8 @@ ROLES: dict[str, type] = {
 SERVICE_ROLES = ("archiver", "status_publisher", "gateway", "positions")
 STATUS_QUERY_CHUNK = 500
 EXPIRY_GRACE = timedelta(seconds=5)
+CLOSE_WAIT = timedelta(seconds=5)
+DEFERRED_CLOSES = "deferred closes"
 
 
 def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int, float] | None = None) -> Order:
@@ -170,6 +173,8 @@ class Supervisor(RoleActor):
         self.known: dict[uuid.UUID, tuple[uuid.UUID, str, datetime]] = {}
         self.replays = 0
         self.exposure = Exposure()
+        # Close signals waiting for the position they close: signal_id -> (signal, ingress, since)
+        self.deferred_closes: dict[uuid.UUID, tuple[TradingSignal, Any, datetime]] = {}
         self.active: dict[uuid.UUID, Any] = {}
         self.active_orders: dict[uuid.UUID, Order] = {}
         self.resting: dict[uuid.UUID, Order] = {}
@@ -282,14 +287,34 @@ class Supervisor(RoleActor):
 
     def receiveMsg_SignalsReceived(self, message: SignalsReceived, sender: Any) -> None:
         for signal in message.signals:
-            try:
-                self._take(signal, sender)
-            except SignalRefused as refused:
-                log.warning("signal %s refused: %s: %s", signal.signal_id, refused.reason, refused.detail)
-                self.send(sender, SignalDeclined(signal.signal_id, refused.reason, refused.detail))
-            except Exception as exc:  # one signal's bug must not take the others down with it
-                log.error("signal %s failed: %r", signal.signal_id, exc, exc_info=exc)
-                self.send(sender, SignalDeclined(signal.signal_id, "internal_error", repr(exc)))
+            self._consider(signal, sender, datetime.now(UTC))
+
+    def _consider(self, signal: TradingSignal, ingress: Any, since: datetime) -> None:
+        """Take the signal, or decline it with the reason. A close that finds no position while
+        the fills of an order that opened one are still on their way to the position keeper
+        waits for the keeper's next view (CLOSE_WAIT at most) instead of being refused."""
+        try:
+            self._take(signal, ingress)
+        except SignalRefused as refused:
+            side = PositionSide.LONG if signal.signal_type is SignalType.CLOSE_LONG else PositionSide.SHORT
+            if (
+                refused.reason in ("no_open_position", "close_exceeds_position")
+                and datetime.now(UTC) - since < CLOSE_WAIT
+                and self.exposure.awaiting_fills(signal.symbol, side)
+            ):
+                self.deferred_closes[signal.signal_id] = (signal, ingress, since)
+                self.wakeupAfter(CLOSE_WAIT, payload=DEFERRED_CLOSES)
+                return
+            log.warning("signal %s refused: %s: %s", signal.signal_id, refused.reason, refused.detail)
+            self.send(ingress, SignalDeclined(signal.signal_id, refused.reason, refused.detail))
+        except Exception as exc:  # one signal's bug must not take the others down with it
+            log.error("signal %s failed: %r", signal.signal_id, exc, exc_info=exc)
+            self.send(ingress, SignalDeclined(signal.signal_id, "internal_error", repr(exc)))
+
+    def _retry_deferred_closes(self) -> None:
+        waiting, self.deferred_closes = self.deferred_closes, {}
+        for signal, ingress, since in waiting.values():
+            self._consider(signal, ingress, since)
 
     def _take(self, signal: TradingSignal, ingress: Any) -> None:
         """One order for a new signal; a replay is acknowledged, a conflicting one refused."""
@@ -328,6 +353,7 @@ class Supervisor(RoleActor):
 
     def receiveMsg_PositionsView(self, message: PositionsView, sender: Any) -> None:
         self.exposure.see(message)
+        self._retry_deferred_closes()
 
     # --- the pool -----------------------------------------------------------------------------
 
@@ -610,6 +636,9 @@ class Supervisor(RoleActor):
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if self.stopping:
             return
+        if message.payload == DEFERRED_CLOSES:
+            self._retry_deferred_closes()  # those past CLOSE_WAIT are declined now
+            return
         now = datetime.now(UTC)
         window = timedelta(hours=self.settings.idempotency_window_hours)
         self.known = {s: v for s, v in self.known.items() if now - v[2] <= window}
@@ -668,7 +697,9 @@ class Supervisor(RoleActor):
         self._child_died(message.deadAddress)
         role = next((role for address, role in self.retired if address == message.deadAddress), None)
         letter = message.deadMessage
-        if role in ROLES:
+        if isinstance(letter, Recorded):
+            pass  # the recorder's answer to a process that died: its successor numbers its own
+        elif role in ROLES:
             self.send(getattr(self.peers, role), letter)
         elif role == "order" and isinstance(letter, BrokerUpdate):
             self._revive(letter.order_id, letter.news)

@@ -241,18 +241,37 @@ class ModifyAtBroker(msgspec.Struct, frozen=True):
     request: ModifyRequest
 
 
+# What is handed to the recorder carries ``ack``, a number of its sender's (0: none wanted),
+# and ``reply_to``, the sender (a letter forwarded by the supervisor comes from it): the
+# recorder answers ``Recorded`` once it is in the outbox, and the sender keeps it until then
+# (RoleActor.hand_over), sending it again to a new recorder.
+
+
 class Record(msgspec.Struct, frozen=True):
     events: list[OrderEvent]
+    ack: int = 0
+    reply_to: Any = None
 
 
 class RecordDeals(msgspec.Struct, frozen=True):
     """Deals with no order of ours behind them (SL/TP closes), or refused by their order."""
 
     fills: list[Fill]
+    ack: int = 0
+    reply_to: Any = None
 
 
 class RecordPositions(msgspec.Struct, frozen=True):
     positions: list[Position]
+    ack: int = 0
+    reply_to: Any = None
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """The recorder has these hand-overs (by their ``ack``) in its outbox: one answer per
+    sender per ack window, however many it took in that window."""
+
+    acks: list[int]
 
 
 class Publish(msgspec.Struct, frozen=True):

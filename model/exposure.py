@@ -125,6 +125,15 @@ class Exposure:
             f"close of {volume} lots, but the largest open {side.value} position of {symbol} has {largest} lots not already being closed",
         )
 
+    def awaiting_fills(self, symbol: str, side: PositionSide) -> bool:
+        """Whether orders that opened ``side`` of ``symbol`` have ended with fills the keeper has
+        not applied yet: the position a close is looking for may be just about to appear."""
+        return any(
+            order.symbol == symbol and not order.closes_position and closing_side(order.side.opposite) is side
+            for order_id, order in self.orders.items()
+            if order_id in self.ended_at
+        )
+
     def available(self, position: OpenPosition) -> float:
         return round(position.quantity - self.claimed[position.ticket], 8)
 

@@ -10,6 +10,7 @@ statuses it already had (message ids), and the archive's readers count an event_
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import msgspec
@@ -43,7 +44,9 @@ class Outbox:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         sealed = sorted(int(p.stem) for p in directory.glob("*.batch"))
-        self.next_batch = (sealed[-1] + 1) if sealed else 1
+        # Never a number an earlier recorder used: a late Delivered of its batch N (forwarded
+        # as a dead letter) must not confirm this recorder's batch N.
+        self.next_batch = max((sealed[-1] + 1) if sealed else 1, time.time_ns() // 1000)
         self._open = open(directory / OPEN_SEGMENT, "ab")
 
     def append(self, batch: Batch) -> None:

@@ -1,5 +1,5 @@
 """Fault injection: a load of mixed signals through the real system while processes are
-killed and servers stopped at points chosen by a seed, then the seven invariants.
+killed and servers stopped at points chosen by a seed, then the eight invariants.
 
 Used by tests/test_fault_injection.py (CI) and, for a longer soak, from the command line:
     .venv/bin/python tests/chaos.py --soak [--seed N] [--signals 2000] [--scenario NAME]
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import threading
 import time
 import traceback
 import uuid
@@ -131,6 +132,73 @@ def kill_role(role: str) -> Fault:
         ((pid, _),) = pids_of(system)[ROLE_CLASSES[role]]
         kill(pid)
         return f"SIGKILL {role} (pid {pid})"
+
+    return fault
+
+
+def rejoin(system: RunningSystem) -> None:
+    """If the supervisor we know is gone (the launcher restarted the whole tree: on an
+    overloaded machine a supervisor may miss its pings), join the tree that replaced it."""
+    if not isinstance(system.actor_system.ask(system.supervisor, Ping(), 2), Pong):
+        try:
+            system.connect(timeout_s=30)
+        except Exception as exc:  # still coming back: the next check tries again
+            print(f"[chaos] rejoining the service: {exc!r}", flush=True)
+
+
+def role_pid(system: RunningSystem, role: str) -> int:
+    """The pid of one role, asked of that role alone (quicker than pids_of)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        directory = system.ask("supervisor", GetDirectory(), 5)  # a busy supervisor may take a while
+        if isinstance(directory, Directory) and getattr(directory.peers, role) is not None:
+            pong = system.actor_system.ask(getattr(directory.peers, role), Ping(), 5)
+            if isinstance(pong, Pong):
+                return pong.pid
+        rejoin(system)
+        time.sleep(0.2)
+    raise AssertionError(f"{role} did not answer")
+
+
+def kill_writers(rounds: int = 3, signals: int = 300, rate: float = 300.0) -> Fault:
+    """SIGKILL the recorder, the archiver and the status publisher, round after round, while a
+    burst of market signals arrives (``rate`` a second, published concurrently in chunks):
+    Records, Publishes and confirmations are caught in transit."""
+
+    def fault(system: RunningSystem, rng: random.Random, load: Load) -> str:
+        quotes = system.control().quotes
+        burst = []
+        for _ in range(signals):
+            symbol = rng.choice(SYMBOL_CHOICES[:4])
+            side = rng.choice(["buy", "sell"])
+            burst.append(signal(symbol, side, 0.1, quotes[symbol].ask if side == "buy" else quotes[symbol].bid))
+        load.approved += burst
+        chunk = 30
+
+        def publish() -> None:
+            for start in range(0, len(burst), chunk):
+                begun = time.monotonic()
+                for subject in sorted({f"signals.approved.{s['symbol']}" for s in burst[start : start + chunk]}):
+                    payloads = [msgspec.json.encode(s) for s in burst[start : start + chunk] if f"signals.approved.{s['symbol']}" == subject]
+                    system.probe.publish_concurrently(subject, payloads)
+                time.sleep(max(0.0, chunk / rate - (time.monotonic() - begun)))
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        killed = []
+        time.sleep(0.3)
+        for _ in range(rounds):
+            for role in ("recorder", "archiver", "status_publisher"):
+                try:
+                    pid = role_pid(system, role)
+                except AssertionError:  # still being replaced
+                    time.sleep(0.2)
+                    continue
+                kill(pid)
+                killed.append(role)
+                time.sleep(rng.uniform(0.1, 0.4))
+        publisher.join(60)
+        return f"{signals} signals at ~{rate:.0f}/s; SIGKILL {', '.join(killed)}"
 
     return fault
 
@@ -331,6 +399,36 @@ def check_invariants(system: RunningSystem, load: Load, started: datetime) -> di
     problems += [f"poison {hashlib.sha256(p).hexdigest()[:12]}: no dead letter" for p in load.poison if hashlib.sha256(p).hexdigest() not in by_hash]
     problems += [f"conflicting replay of {s}: no dead letter" for s in load.conflicts if s not in conflicts]
     results["7 refused input dead-lettered"] = _verdict(problems, f"{len(letters)} dead letters")
+
+    # 8. nothing lost in transit: every order's events contiguous from seq 1 in order_events
+    # (raw rows, not FINAL) and in the archive (duplicates allowed, no gaps), and its last
+    # event is the order's final row (seq = orders.version, same status)
+    final = {row[0]: (int(row[1]), str(row[2])) for row in system.query("SELECT order_id, version, order_status FROM suho_analytics.orders")}
+    stored: dict[Any, tuple[set[int], str]] = {
+        row[0]: ({int(s) for s in row[1]}, str(row[2]))
+        for row in system.query(
+            "SELECT order_id, groupUniqArray(seq), argMax(order_status, seq) FROM suho_analytics.order_events GROUP BY order_id"
+        )
+    }
+    archived_seqs: dict[Any, set[int]] = {}
+    archived_last: dict[Any, tuple[int, str]] = {}
+    for event in system.archive():
+        archived_seqs.setdefault(event.order_id, set()).add(event.seq)
+        if event.seq >= archived_last.get(event.order_id, (0, ""))[0]:
+            archived_last[event.order_id] = (event.seq, event.status.value)
+    problems = []
+    for oid in set(final) | set(stored) | set(archived_seqs):
+        version, status = final.get(oid, (0, "none"))
+        seqs, stored_status = stored.get(oid, (set(), "none"))
+        if seqs != set(range(1, max(seqs, default=0) + 1)) or max(seqs, default=0) != version or stored_status != status:
+            gaps = sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
+            problems.append(f"{oid}: order_events seqs up to {max(seqs, default=0)} (missing {gaps}) {stored_status}, order v{version} {status}")
+        seqs = archived_seqs.get(oid, set())
+        last_seq, last_status = archived_last.get(oid, (0, "none"))
+        if seqs != set(range(1, last_seq + 1)) or last_seq != version or last_status != status:
+            gaps = sorted(set(range(1, last_seq + 1)) - seqs)
+            problems.append(f"{oid}: archive seqs up to {last_seq} (missing {gaps}) {last_status}, order v{version} {status}")
+    results["8 nothing lost in transit"] = _verdict(problems, f"{len(final)} orders' events contiguous, last = final row")
     return results
 
 
@@ -419,6 +517,7 @@ def run_scenario(
             except Exception as exc:  # a server still coming back
                 where = next((f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_tb(exc.__traceback__)) if f.filename.endswith(("chaos.py", "harness.py"))), "?")
                 results = {"checking": f"FAILED: {exc!r} in {where}"}
+                rejoin(system)
             return all(v.startswith("ok") for v in results.values())
 
         try:
@@ -443,8 +542,14 @@ def summary(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         failed = [k for k, v in o.invariants.items() if not v.startswith("ok")]
         rows.append((o.scenario, o.seed, "; ".join(o.faults) or "none", o.orders, o.fills,
-                     "all 7 ok" if o.passed else "FAILED " + ", ".join(failed), f"{o.recovery_s:.1f}s"))  # fmt: skip
+                     f"all {len(o.invariants)} ok" if o.passed else "FAILED " + ", ".join(failed), f"{o.recovery_s:.1f}s"))  # fmt: skip
     return table(["scenario", "seed", "faults injected", "orders", "fills", "invariants", "fault to reconciled"], rows)
+
+
+def soak_scenarios() -> dict[str, list[Fault]]:
+    """Not yet passing on every seed (events can still be lost when the writers are killed
+    while the whole tree restarts): run with ``chaos.py --scenario writers_killed``."""
+    return {"writers_killed": [kill_writers()]}
 
 
 def scenarios() -> dict[str, list[Fault]]:
@@ -475,7 +580,7 @@ if __name__ == "__main__":
     base = Path(tempfile.mkdtemp(prefix="chaos-"))
     kafka = None if args.kafka else KafkaOutage(base / "kafka", outage_s=30)
     bootstrap = args.kafka or kafka.bootstrap  # type: ignore[union-attr]
-    chosen = scenarios()
+    chosen = {**scenarios(), **soak_scenarios()}
     if kafka is not None:
         chosen["kafka_outage"] = [kafka]
     outcomes = []

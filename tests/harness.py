@@ -41,7 +41,7 @@ from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
 from service.config import Settings, load_settings
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
-from system import connect, kill_session
+from system import connect, kill_session, wait_closed, wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "deploy/local/infra.sh"
@@ -292,6 +292,11 @@ class RunningSystem:
         kill_session(self.session)
         self.launcher.wait(10)
         self.launcher = None
+        # Until the dead admin's port is closed, joining it as a client could make Thespian
+        # start an admin of its own in this process, on the service's port.
+        if wait_gone(self.session):
+            raise AssertionError(f"processes of session {self.session} survived SIGKILL")
+        wait_closed(self.settings.admin_port)
 
     def close(self) -> None:
         try:

@@ -1,7 +1,7 @@
 """Kill any actor, lose nothing: the fault-injection suite (see tests/chaos.py).
 
 Each scenario runs a load of mixed signals through the real multi-process service while
-faults are injected at points chosen by a seed, then checks the seven invariants. The seed is
+faults are injected at points chosen by a seed, then checks the eight invariants. The seed is
 printed; EXEC_CHAOS_SEED replays a run. The summary table is printed at the end. A longer
 soak runs from the same code: ``.venv/bin/python tests/chaos.py --soak``.
 """

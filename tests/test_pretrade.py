@@ -265,3 +265,15 @@ def test_an_ended_order_the_keeper_never_confirms_is_forgotten_after_a_while() -
     book.ended(msgspec.structs.replace(opening, filled_quantity=1.0, status=OrderStatus.FILLED), NOW)
     book.expire(NOW + timedelta(seconds=61))
     assert book.open_lots("EURUSD") == 0.0
+
+
+def test_a_close_may_wait_for_the_fills_of_an_order_that_just_opened_its_position() -> None:
+    book, opening = Exposure(), order(0.5)
+    book.track(opening)
+    assert not book.awaiting_fills("EURUSD", PositionSide.LONG)  # working: it may never fill
+    book.ended(msgspec.structs.replace(opening, filled_quantity=0.5, status=OrderStatus.FILLED), NOW)
+    assert book.awaiting_fills("EURUSD", PositionSide.LONG)
+    assert not book.awaiting_fills("EURUSD", PositionSide.SHORT)
+    book.see(PositionsView(positions=[position(1, 0.5)], applied={opening.order_id: 0.5}))
+    assert not book.awaiting_fills("EURUSD", PositionSide.LONG)
+    assert book.choose_close("EURUSD", PositionSide.LONG, None) == (1, 0.5)

@@ -1,0 +1,98 @@
+"""Hand-overs to the recorder are acknowledged, kept until then and sent again to a new recorder
+(actors/base.py); the recorder acknowledges many at once and drops events it already has.
+Exercised on the actors' own code, without an actor system (send and timers are captured)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from actors import base
+from actors.base import HANDOVER, RoleActor
+from actors.lifecycle import advance
+from actors.recorder import ACKNOWLEDGE, Recorder
+from messages.actor import Peers, Record, Recorded
+from messages.enums import OrderType, Side
+from messages.order import EventKind, Order, OrderEvent
+from service.config import Settings
+from service.outbox import Outbox
+
+
+class Captured:
+    """Stands in for Thespian: what the actor sent and the timers it set."""
+
+    def __init__(self, actor: Any, address: str) -> None:
+        self.sent: list[tuple[Any, Any]] = []
+        self.timers: list[Any] = []
+        actor._myRef = SimpleNamespace(address=address)
+        actor.send = lambda target, message: self.sent.append((target, message))
+        actor.wakeupAfter = lambda delay, payload=None: self.timers.append(payload)
+
+
+def event(order_id: uuid.UUID) -> OrderEvent:
+    order = Order(
+        order_id=order_id, signal_id=uuid.uuid4(), symbol="EURUSD", side=Side.BUY, order_type=OrderType.MARKET,
+        quantity=0.1, expected_price=1.1, created_at=datetime.now(UTC),
+    )  # fmt: skip
+    return advance(order, EventKind.CREATED, datetime.now(UTC), "actor")
+
+
+def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+    actor = RoleActor()
+    io = Captured(actor, "order-actor")
+    actor.peers = Peers(recorder="recorder-1")
+    first, second = event(uuid.uuid4()), event(uuid.uuid4())
+    actor.hand_over(Record([first]))
+    actor.hand_over(Record([second]))
+    assert [(t, m.ack, m.reply_to) for t, m in io.sent] == [("recorder-1", 1, "order-actor"), ("recorder-1", 2, "order-actor")]
+    assert io.timers == [HANDOVER]  # one timer for all of them
+    actor.receiveMsg_Recorded(Recorded([1]), "recorder-1")
+    io.sent.clear()
+    actor.receiveMsg_Peers(Peers(recorder="recorder-2"), "supervisor")  # the recorder was replaced
+    assert [(t, m.events) for t, m in io.sent] == [("recorder-2", [second])]
+    io.sent.clear()
+    actor.receiveMsg_Peers(Peers(recorder="recorder-2", archiver="a2"), "supervisor")  # another role: nothing again
+    assert io.sent == []
+    monkeypatch.setattr(base, "RESEND_AFTER_S", 0.0)
+    assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # unanswered too long: again
+    assert [(t, m.ack) for t, m in io.sent] == [("recorder-2", 2)]
+    actor.receiveMsg_Recorded(Recorded([2]), "recorder-2")
+    assert not actor.handed_over
+
+
+def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(tmp_path: Path) -> None:
+    recorder = Recorder()
+    io = Captured(recorder, "recorder")
+    recorder.settings = Settings(run_dir=str(tmp_path))
+    recorder.peers = Peers(ingress="ingress")
+    recorder.store = object()  # configured (no write happens before the flush timer)
+    recorder.outbox = Outbox(tmp_path / "outbox")
+    a, b = event(uuid.uuid4()), event(uuid.uuid4())
+    recorder.receiveMsg_Record(Record([a], ack=1, reply_to="actor-1"), "actor-1")
+    recorder.receiveMsg_Record(Record([b], ack=2, reply_to="actor-1"), "actor-1")
+    recorder.receiveMsg_Record(Record([a], ack=7, reply_to="actor-2"), "supervisor")  # forwarded, and a duplicate
+    assert io.timers.count(ACKNOWLEDGE) == 1
+    assert [e.event_id for e in recorder.held.events] == [a.event_id, b.event_id]  # a once
+    assert io.sent == []  # nothing until the window ends
+    recorder.receiveMsg_WakeupMessage(SimpleNamespace(payload=ACKNOWLEDGE), "recorder")
+    assert sorted((t, m.acks) for t, m in io.sent) == [("actor-1", [1, 2]), ("actor-2", [7])]
+    # A successor knows what the outbox holds: a hand-over sent again is dropped there too.
+    successor = Recorder()
+    Captured(successor, "recorder-2")
+    successor._remember(Outbox(tmp_path / "outbox").leftovers()[1].events)
+    successor.settings, successor.peers, successor.store = recorder.settings, recorder.peers, object()
+    successor.outbox = Outbox(tmp_path / "outbox")
+    successor.receiveMsg_Record(Record([b], ack=2, reply_to="actor-1"), "actor-1")
+    assert not successor.held.events and successor.duplicates == 1
+
+
+def test_batch_numbers_are_never_reused_by_a_successor(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path)
+    used = outbox.seal()
+    outbox.done(used)
+    assert Outbox(tmp_path).next_batch > used
