@@ -1,2 +1,2 @@
-"""One module per actor role; lifecycle.py and loop.py are the pure state machine and the
-asyncio bridge the roles share."""
+"""One module per actor role, each thin: the decisions are in model/, the wire formats in
+service/ and messages/; loop.py is the asyncio bridge the I/O roles share."""

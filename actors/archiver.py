@@ -34,7 +34,8 @@ class Archiver(SinkActor):
         return [await check_kafka(self.producer, self.settings)]
 
     async def write(self, batch: list[OrderEvent]) -> None:
-        assert self.producer is not None
+        if self.producer is None:
+            raise ConnectionError("the Kafka producer is not started")  # transient: open() retries it
         sent = [
             await self.producer.send(
                 self.settings.archive_topic,

@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from actors.lifecycle import fill_of
 from actors.loop import LoopActor
 from messages import broker as wire
 from messages.actor import (
@@ -39,11 +38,11 @@ from messages.actor import (
 from messages.codec import ContractError, decode, encode
 from messages.control import ServerCheck
 from messages.order import OrderStatusMessage
-from messages.symbols import SYMBOLS
 from service import metrics
 from service.config import Settings
 from service.health import check_nats
 from service.logs import Log
+from service.mt5 import fill_of
 from service.streams import connect_nats, ensure_streams
 
 log = Log(__name__)
@@ -116,13 +115,11 @@ class BrokerGateway(LoopActor):
     def receiveMsg_Inbound(self, message: Inbound, sender: Any) -> None:
         closes = []
         for news in message.news:
-            order_id = getattr(news, "order_id", None)
-            if order_id is None:
+            if isinstance(news, wire.BrokerFill) and news.order_id is None:
                 # A deal with no order of ours behind it: an SL/TP/stop-out close at the broker.
-                assert isinstance(news, wire.BrokerFill)
-                closes.append(fill_of(news, None, SYMBOLS[news.symbol]))
+                closes.append(fill_of(news))
             else:
-                self._route(BrokerUpdate(order_id, news))
+                self._route(BrokerUpdate(news.order_id, news))
         if closes:
             self.hand_over(RecordDeals(closes))
 

@@ -46,7 +46,8 @@ class LoopActor(RoleActor):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Run ``coro`` on the loop (from the actor thread)."""
-        assert self.loop is not None
+        if self.loop is None:
+            raise RuntimeError(f"{type(self).__name__}: spawn before start_loop")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         future.add_done_callback(self._log_failure)
         return future

@@ -16,7 +16,6 @@ import msgspec
 from thespian.actors import WakeupMessage
 
 from actors.base import RoleActor
-from actors.lifecycle import fill_of
 from messages.actor import (
     BrokerUpdate,
     Configure,
@@ -50,6 +49,7 @@ from messages.symbols import SYMBOLS
 from model.exposure import OpenPosition, PositionsView
 from service.config import Settings
 from service.logs import Log
+from service.mt5 import fill_of
 
 log = Log(__name__)
 
@@ -59,7 +59,6 @@ EXIT_REASONS = {
     DealReason.STOP_OUT: ExitReason.MANUAL,
     DealReason.CLIENT: ExitReason.SIGNAL,
 }
-VOLUME_TOLERANCE = 1e-6
 # Deals are asked for again a little before the last check: a deal stamped just before it
 # may have been published just after.
 DEALS_OVERLAP = timedelta(minutes=1)
@@ -102,13 +101,14 @@ def reduce(position: Position, fill: Fill, at: datetime) -> Position:
     """An exit deal: realize PnL on its volume; the position closes when nothing is left."""
     spec = SYMBOLS[position.symbol]
     direction = 1 if position.side is PositionSide.LONG else -1
-    volume = min(fill.fill_quantity, position.quantity)
+    held_steps = spec.steps(position.quantity)
+    volume = spec.volume_of(min(spec.steps(fill.fill_quantity), held_steps))
     realized = position.realized_pnl + (fill.fill_price - position.entry_price) * direction * volume * spec.contract_size
-    closed_quantity = position.closed_quantity + volume
+    closed_quantity = spec.volume_of(spec.steps(position.closed_quantity) + spec.steps(volume))
     exit_price = ((position.exit_price or 0.0) * position.closed_quantity + fill.fill_price * volume) / closed_quantity
-    remaining = round(position.quantity - volume, 8)
+    remaining = spec.volume_of(held_steps - spec.steps(volume))
     changes: dict[str, object] = {}
-    if remaining <= VOLUME_TOLERANCE:
+    if not remaining:
         held = fill.execution_timestamp - position.opened_at
         risk = abs(position.entry_price - position.stop_loss) * closed_quantity * spec.contract_size if position.stop_loss else 0.0
         changes = {
@@ -122,9 +122,9 @@ def reduce(position: Position, fill: Fill, at: datetime) -> Position:
         }
     return msgspec.structs.replace(
         position,
-        quantity=max(remaining, 0.0),
+        quantity=remaining,
         realized_pnl=round(realized, 8),
-        closed_quantity=round(closed_quantity, 8),
+        closed_quantity=closed_quantity,
         exit_price=exit_price,
         exit_order_id=fill.order_id or position.exit_order_id,
         commission_total=position.commission_total + fill.commission,
@@ -258,7 +258,7 @@ class PositionKeeper(RoleActor):
         for deal in missing:
             log.warning("reconciliation: deal %s (%s %s %s) never reached us: recovering it", deal.deal, deal.symbol, deal.side.value, deal.volume)
             if deal.order_id is None:
-                self.hand_over(RecordDeals([fill_of(deal, None, SYMBOLS[deal.symbol])]))
+                self.hand_over(RecordDeals([fill_of(deal)]))
             else:
                 self.send(self.peers.supervisor, Orphan(BrokerUpdate(deal.order_id, deal)))
         if missing:
@@ -275,7 +275,7 @@ class PositionKeeper(RoleActor):
             mine = ours.get(ticket)
             if mine is None:
                 self._alert(broker.ticket, broker.symbol, "missing_here", None, broker.volume, now)
-            elif abs(mine.quantity - broker.volume) > VOLUME_TOLERANCE:
+            elif SYMBOLS[mine.symbol].steps(mine.quantity) != SYMBOLS[mine.symbol].steps(broker.volume):
                 self._alert(ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume, now)
                 if self.settings.auto_correct_positions:
                     corrected = msgspec.structs.replace(mine, quantity=broker.volume, updated_at=now)

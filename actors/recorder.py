@@ -57,9 +57,11 @@ from messages.control import (
     ServersChecked,
     SinkLag,
 )
-from messages.order import EventKind, OrderEvent
+from messages.order import EventKind, Fill, OrderEvent
+from messages.position import Position
 from service import metrics
 from service.config import Settings
+from service.failures import UNCLASSIFIED_ATTEMPTS, DeadLetters, Failure, classify
 from service.health import check_clickhouse
 from service.logs import Log
 from service.outbox import Batch, Outbox
@@ -82,7 +84,7 @@ RECENT_EVENTS = 200_000
 class Recorder(RoleActor):
     def __init__(self) -> None:
         super().__init__()
-        self.store: Store | None = None
+        self.opened: Store | None = None
         self.held = Batch()
         # Sealed batches (in ClickHouse) -> the sinks that have not confirmed them yet.
         self.unconfirmed: dict[int, tuple[list[OrderEvent], set[str]]] = {}
@@ -94,15 +96,18 @@ class Recorder(RoleActor):
         self.acks: dict[str, tuple[Any, list[int]]] = {}
         self.recent: dict[str, None] = {}
         self.duplicates = 0
+        # Unclassified write failures in a row (service/failures.py).
+        self.unclassified_failures = 0
         # Hand-overs that came before Configure (a successor is told of before it is set up).
         self.early: list[tuple[Any, Any]] = []
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
-        if self.store is None:
-            self.store = Store(self.settings.dsn, self.settings.clickhouse_database, self.settings.clickhouse_auth)
+        if self.opened is None:
+            self.opened = Store(self.settings.dsn, self.settings.clickhouse_database, self.settings.clickhouse_auth)
             self.outbox = Outbox(Path(self.settings.run_dir) / "outbox")
+            self.dead_letters = DeadLetters(self.settings.run_dir, "recorder")
             self._take_over_leftovers()
             early, self.early = self.early, []
             for letter, letter_sender in early:
@@ -111,7 +116,6 @@ class Recorder(RoleActor):
 
     def _take_over_leftovers(self) -> None:
         """Replay what a recorder before this one was handed but had not passed on."""
-        assert self.store is not None
         sealed, unflushed = self.outbox.leftovers()
         self._remember([e for _, batch in sealed for e in batch.events] + unflushed.events)
         for batch_id, batch in sealed:
@@ -159,8 +163,14 @@ class Recorder(RoleActor):
         self._hold(Batch(positions=message.positions))
         self._acknowledge(message, sender)
 
+    @property
+    def store(self) -> Store:
+        if self.opened is None:
+            raise RuntimeError("the recorder is not configured yet: its store is not open")
+        return self.opened
+
     def _early(self, message: Any, sender: Any) -> bool:
-        if self.store is not None:
+        if self.opened is not None:
             return False
         self.early.append((message, sender))
         return True
@@ -214,7 +224,6 @@ class Recorder(RoleActor):
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if message.payload == REATTACH:
-            assert self.store is not None
             self.store.client.command(f"ATTACH TABLE {self.settings.clickhouse_database}.order_events")
             log.warning("fault injection: order_events attached again")
             return
@@ -225,7 +234,6 @@ class Recorder(RoleActor):
         self._flush()
 
     def receiveMsg_StoreOutage(self, message: StoreOutage, sender: Any) -> None:
-        assert self.store is not None
         self.store.client.command(f"DETACH TABLE {self.settings.clickhouse_database}.order_events")
         log.warning("fault injection: order_events detached for %.1fs", message.seconds)
         self.wakeupAfter(timedelta(seconds=message.seconds), payload=REATTACH)
@@ -267,12 +275,9 @@ class Recorder(RoleActor):
             self.flush_scheduled = True
             self.wakeupAfter(timedelta(milliseconds=self.settings.batch_window_ms))
             return
-        assert self.store is not None
         batch = self.held
         try:
-            self.store.record_events(batch.events)
-            self.store.record_fills(batch.deals, str(self.myAddress))
-            self.store.record_positions(batch.positions)
+            self._write(batch)
         except Exception as exc:  # the server may be down: keep everything, try again later
             self.backoff_s = min(MAX_BACKOFF_S, max(0.1, self.backoff_s * 2))
             log.warning("ClickHouse write failed (%s); holding %d items, retry in %.1fs", exc, len(batch), self.backoff_s)
@@ -297,10 +302,41 @@ class Recorder(RoleActor):
         if position_events or batch.deals:
             self.send(self.peers.positions, FillsRecorded(position_events, batch.deals))
 
+    def _write(self, batch: Batch) -> None:
+        """Write the batch; one ClickHouse refuses for good is written item by item, and the
+        item it refuses is dead-lettered (service/failures.py): nothing behind it waits. A
+        transient failure raises, and the whole batch is held for a retry."""
+        try:
+            self._write_items(batch.events, batch.deals, batch.positions)
+            self.unclassified_failures = 0
+            return
+        except Exception as exc:
+            if not self._gives_up(exc):
+                raise
+            log.warning("ClickHouse refused a batch of %d (%s): writing it item by item", len(batch), exc)
+        for events, deals, positions in [*(([e], [], []) for e in batch.events), *(([], [d], []) for d in batch.deals), *(([], [], [p]) for p in batch.positions)]:
+            try:
+                self._write_items(events, deals, positions)
+            except Exception as exc:
+                if not self._gives_up(exc):
+                    raise
+                self.dead_letters.add([*events, *deals, *positions][0], exc)
+        self.unclassified_failures = 0
+
+    def _write_items(self, events: list[OrderEvent], deals: list[Fill], positions: list[Position]) -> None:
+        self.store.record_events(events)
+        self.store.record_fills(deals, str(self.myAddress))
+        self.store.record_positions(positions)
+
+    def _gives_up(self, exc: Exception) -> bool:
+        """Whether retrying cannot help: a permanent refusal, or an unclassified error seen too often."""
+        failure = classify(exc)
+        self.unclassified_failures += failure is Failure.UNCLASSIFIED
+        return failure is Failure.PERMANENT or self.unclassified_failures >= UNCLASSIFIED_ATTEMPTS
+
     # --- questions only the store can answer -------------------------------------------
 
     def receiveMsg_LoadState(self, message: LoadState, sender: Any) -> None:
-        assert self.store is not None
         window = timedelta(hours=message.idempotency_window_hours)
         open_orders = [e.order for e in self.store.latest_snapshots(open_only=True)]
         self.send(sender, StateLoaded(self.store.signal_orders(window), open_orders, self.store.control()))
@@ -308,8 +344,6 @@ class Recorder(RoleActor):
     def receiveMsg_RecordControl(self, message: RecordControl, sender: Any) -> None:
         """Written at once, not batched: the operator waits for it, and it is rare."""
         try:
-            if self.store is None:
-                raise RuntimeError("the store is not open yet")
             self.store.record_control(message.record)
         except Exception as exc:  # the supervisor tells the operator; the control is in force anyway
             log.error("trading control version %d not recorded: %s", message.record.version, exc)
@@ -321,11 +355,10 @@ class Recorder(RoleActor):
         self.send(sender, SinkLag(len(self.held), self.unconfirmed_by_sink()))
 
     def receiveMsg_CheckServers(self, message: CheckServers, sender: Any) -> None:
-        client = self.store.client if self.store is not None else None
+        client = self.opened.client if self.opened is not None else None
         self.send(sender, ServersChecked(type(self).__name__, [check_clickhouse(client, self.settings)]))
 
     def receiveMsg_LoadFills(self, message: LoadFills, sender: Any) -> None:
-        assert self.store is not None
         self.send(sender, FillsLoaded(self.store.fills_with_stops()))
 
     def receiveMsg_Rehydrate(self, message: Rehydrate, sender: Any) -> None:
@@ -333,20 +366,17 @@ class Recorder(RoleActor):
         if held:
             order = max(held, key=lambda e: e.seq).order
         else:
-            assert self.store is not None
             history = self.store.history(message.order_id)
             order = history[-1].order if history else None
         self.send(sender, Rehydrated(message.order_id, order, message.news))
 
     def receiveMsg_GetHistory(self, message: GetHistory, sender: Any) -> None:
-        assert self.store is not None
         held = [e for e in self.held.events if e.order_id == message.order_id]
         recorded = self.store.history(message.order_id)
         seen = {e.seq for e in recorded}
         self.send(sender, History(message.order_id, recorded + [e for e in held if e.seq not in seen]))
 
     def receiveMsg_Query(self, message: Query, sender: Any) -> None:
-        assert self.store is not None
         try:
             columns, rows = self.store.read_only(message.sql, message.parameters)
         except Exception as exc:  # ClickHouse's refusal (readonly, several statements, syntax) is the answer
@@ -355,5 +385,4 @@ class Recorder(RoleActor):
         self.send(sender, QueryResult(columns, rows))
 
     def receiveMsg_CrossCheck(self, message: CrossCheck, sender: Any) -> None:
-        assert self.store is not None
         self.send(sender, CrossChecked(message.signal_ids, sorted(self.store.signals_in_trading_signals(message.signal_ids))))

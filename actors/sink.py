@@ -1,6 +1,8 @@
 """The shape both outbound writers share: an ordered queue drained by one task that writes
-in batches and retries a failed batch (with backoff) until it goes through, so nothing is
-dropped and per-order order is kept."""
+in batches. A batch that fails transiently (the server is down) is retried with a capped
+back-off until it goes through, so nothing is dropped and per-order order is kept; one the
+server refuses for good is written item by item and the refused item is dead-lettered
+(service/failures.py), so nothing behind it waits."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from actors.loop import LoopActor
 from messages.actor import Configure, Delivered, Peers, Ready
 from service.config import Settings
+from service.failures import UNCLASSIFIED_ATTEMPTS, DeadLetters, Failure, classify
 from service.logs import Log
 
 log = Log(__name__)
@@ -33,6 +36,7 @@ class SinkActor(LoopActor):
         self.peers: Peers = message.peers
         if self.loop is None:
             self.start_loop()
+            self.dead_letters = DeadLetters(self.settings.run_dir, self.role)
             self.queue: asyncio.Queue[Any] = asyncio.Queue()
             self.spawn(self._drain_forever())
             for early in getattr(self, "early", []):
@@ -50,26 +54,45 @@ class SinkActor(LoopActor):
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (items, batch_id, confirm_to))
 
     async def _drain_forever(self) -> None:
-        await self._retry("connect", self.open)
+        while await self._attempt("connect", self.open, give_up=False) is not None:
+            pass
         while True:
             taken = [await self.queue.get()]
             while sum(len(items) for items, _, _ in taken) < self.settings.batch_size and not self.queue.empty():
                 taken.append(self.queue.get_nowait())
             batch = [item for items, _, _ in taken for item in items]
             if batch:
-                await self._retry(f"write of {len(batch)}", lambda: self.write(batch))
+                await self._write(batch)
             for _, batch_id, confirm_to in taken:
                 if batch_id is not None:
                     self.deliver(confirm_to, Delivered(self.role, batch_id))
                 self.queue.task_done()
 
-    async def _retry(self, what: str, attempt: Any) -> None:
-        backoff = 0.1
+    async def _write(self, batch: list[Any]) -> None:
+        refused = await self._attempt(f"write of {len(batch)}", lambda: self.write(batch))
+        if refused is None:
+            return
+        if len(batch) > 1:
+            log.warning("%s: the server refused a batch of %d (%s): writing it item by item", self.role, len(batch), refused)
+        for item in batch:
+            refused = await self._attempt("write of one", lambda item=item: self.write([item]))
+            if refused is not None:
+                self.dead_letters.add(item, refused)
+
+    async def _attempt(self, what: str, attempt: Any, give_up: bool = True) -> BaseException | None:
+        """None once ``attempt`` succeeds; the error once it fails for good (permanently, or
+        unclassified UNCLASSIFIED_ATTEMPTS times). A transient failure is retried for as long
+        as it lasts, every MAX_BACKOFF_S at most."""
+        backoff, unclassified = 0.1, 0
         while True:
             try:
                 await attempt()
-                return
-            except Exception as exc:  # the server may be down: hold on and try again
-                log.warning("%s %s failed (%s); retrying in %.1fs", self.role, what, exc, backoff)
+                return None
+            except Exception as exc:
+                failure = classify(exc)
+                unclassified += failure is Failure.UNCLASSIFIED
+                if give_up and (failure is Failure.PERMANENT or unclassified >= UNCLASSIFIED_ATTEMPTS):
+                    return exc
+                log.warning("%s %s failed (%s, %s); retrying in %.1fs", self.role, what, failure.value, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)

@@ -2,8 +2,10 @@
 
 ``pending`` and ``submitted`` are published by the gateway as the order goes out (the
 submitted message is the order request itself), so that they precede every later status
-and the connector never mistakes a status update for a new order. A modify changes no status
-(a second ``filled`` would read as another fill): its events are in the archive only.
+and the connector never mistakes a status update for a new order. After that, each fill and
+each change of status is published (model.order.PUBLISHED_KINDS); what changes no status (a
+placement, a query, a modify: a second ``filled`` would read as another fill) is in the
+archive only.
 """
 
 from __future__ import annotations
@@ -14,17 +16,14 @@ from actors.sink import SinkActor
 from messages.actor import Publish, PublishAlert
 from messages.codec import encode
 from messages.control import ServerCheck
-from messages.enums import OrderStatus
-from messages.order import MODIFY_KINDS, OrderEvent, OrderStatusMessage
+from messages.order import OrderEvent, OrderStatusMessage
 from messages.position import ALERT_SUBJECT, PositionAlert
+from model.order import PUBLISHED_KINDS
 from service.health import check_nats
 from service.logs import Log
 from service.streams import connect_nats
 
 log = Log(__name__)
-
-PUBLISHED_BY_GATEWAY = (OrderStatus.PENDING, OrderStatus.SUBMITTED)
-
 
 class StatusPublisher(SinkActor):
     role = "status_publisher"
@@ -36,7 +35,7 @@ class StatusPublisher(SinkActor):
         return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
-        published = [e for e in message.events if e.status not in PUBLISHED_BY_GATEWAY and e.kind not in MODIFY_KINDS]
+        published = [e for e in message.events if e.kind in PUBLISHED_KINDS]
         self.enqueue(published, message.batch_id, sender)
 
     def receiveMsg_PublishAlert(self, message: PublishAlert, sender: Any) -> None:

@@ -26,7 +26,7 @@ from actors.archiver import Archiver
 from actors.base import RoleActor
 from actors.gateway import BrokerGateway
 from actors.ingress import Ingress
-from actors.lifecycle import TERMINAL, is_resting
+from model.order import TERMINAL, is_resting
 from actors.order import OrderActor
 from actors.positions import PositionKeeper
 from actors.recorder import Recorder
@@ -90,6 +90,7 @@ from messages.control import (
 from messages.enums import OrderStatus, OrderType, PositionSide, Side, SignalType, TimeInForce
 from messages.order import Order, order_id_for
 from messages.signal import SignalRefused, TradingSignal, fingerprint
+from messages.symbols import SYMBOLS
 from model.exposure import Exposure, OpenPosition, PositionsView, closing_side
 from service import metrics
 from service.config import Settings
@@ -395,7 +396,9 @@ class Supervisor(RoleActor):
         report = message.news
         if order is None or not isinstance(report, wire.BrokerOrderReport):
             return
-        if report.state is not wire.BrokerOrderState.PLACED or report.filled_volume > order.filled_quantity + 1e-9:
+        spec = SYMBOLS[order.symbol]
+        news = spec.steps(report.filled_volume) > spec.steps(order.filled_quantity) or (report.triggered and order.triggered_at is None)
+        if report.state is not wire.BrokerOrderState.PLACED or news:
             self._assign(Assign(order, news=report))
         else:
             self._reconciled(order.order_id)

@@ -164,6 +164,8 @@ class BrokerOrderReport(msgspec.Struct, frozen=True, kw_only=True):
     retcode: int = 0
     comment: str = ""
     deals: list[BrokerFill] = msgspec.field(default_factory=list)
+    # A placed stop-limit whose stop was reached: its limit order works now.
+    triggered: bool = False
 
 
 class OrderStatusQuery(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,25 @@ class OrderStatus(str, Enum):
     FAILED = "failed"
 
 
+class Phase(str, Enum):
+    """Where an order is in the real world: the model's state, finer than the public status
+    (model.order.public_status maps one onto the other)."""
+
+    NEW = "new"  # created here, not sent yet
+    SENT = "sent"  # the request is out: no answer yet, or some deals and the rest to come
+    # The connector answered 10012 (timeout) or 10031 (no connection): the request may or may
+    # not have been executed. Only the broker's order status tells; it is never assumed rejected.
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    WORKING = "working"  # accepted and resting at the broker (10008)
+    TRIGGERED = "triggered"  # a stop-limit whose stop was reached: its limit order works now
+    PENDING_CANCEL = "pending_cancel"  # a cancel is on its way; fills may still come before it
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    FAILED = "failed"  # never executed, as far as the broker could say
+
+
 class OrderType(str, Enum):
     MARKET = "market"
     LIMIT = "limit"
@@ -149,4 +168,5 @@ class Retcode(IntEnum):
     # A modify that changes nothing: also what a resend finds when the first one was applied.
     NO_CHANGES = 10025
     INVALID_FILL = 10030
+    CONNECTION = 10031
     POSITION_CLOSED = 10036

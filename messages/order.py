@@ -18,6 +18,7 @@ from messages.enums import (
     DealReason,
     OrderStatus,
     OrderType,
+    Phase,
     Side,
     TimeInForce,
 )
@@ -102,6 +103,8 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     # keeper names before submission.
     closes_position: bool = False
     close_position: int | None = None
+    # The model's state (model.order); ``status`` is its public face.
+    phase: Phase = Phase.NEW
     status: OrderStatus = OrderStatus.PENDING
     broker_order_id: str | None = None
     submitted_at: datetime | None = None
@@ -117,6 +120,11 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     # A change sent (or about to be sent) to the broker and not answered yet: in the snapshot,
     # so a revived or recovered order carries it on.
     pending_modify: OrderChange | None = None
+    # How often that change went to the broker (0: it waits for its quote check).
+    modify_sends: int = 0
+    # Status reports in a row in which the broker did not know the order.
+    not_found: int = 0
+    triggered_at: datetime | None = None
     actor_address: str = ""
     version: int = 0
 
@@ -137,12 +145,14 @@ class EventKind(str, Enum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
     QUERIED = "queried"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    NOT_AT_BROKER = "not_at_broker"
+    TRIGGERED = "triggered"
+    CANCEL_REFUSED = "cancel_refused"
     MODIFY_REQUESTED = "modify_requested"
+    MODIFY_SENT = "modify_sent"
     MODIFIED = "modified"
     MODIFY_REFUSED = "modify_refused"
-
-
-MODIFY_KINDS = frozenset({EventKind.MODIFY_REQUESTED, EventKind.MODIFIED, EventKind.MODIFY_REFUSED})
 
 
 def changed_fields(order: Order, change: OrderChange) -> dict[str, object]:

@@ -6,6 +6,8 @@ Both the service (validation, pip size for slippage) and the simulated connector
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_EVEN, Decimal
+
 import msgspec
 
 
@@ -32,12 +34,27 @@ class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
         """One pip is ten points on 5-, 3- and 2-digit symbols (0.0001 EURUSD, 0.01 USDJPY, 0.1 XAUUSD)."""
         return 10 * self.point
 
+    # Exact arithmetic: a volume is a whole number of lot steps and a price a whole number of
+    # points; floats are only how they travel. repr() gives the shortest decimal of a float.
+    def steps(self, volume: float) -> int:
+        return int((Decimal(repr(volume)) / Decimal(repr(self.volume_step))).to_integral_value(ROUND_HALF_EVEN))
+
+    def volume_of(self, steps: int) -> float:
+        return float(steps * Decimal(repr(self.volume_step)))
+
+    def points(self, price: float) -> int:
+        return int(Decimal(repr(price)).scaleb(self.digits).to_integral_value(ROUND_HALF_EVEN))
+
+    def price_of(self, points: int | Decimal) -> float:
+        return float(Decimal(points).scaleb(-self.digits))
+
     def round_price(self, price: float) -> float:
         return round(price, self.digits)
 
     def volume_is_valid(self, volume: float) -> bool:
-        steps = (volume - self.volume_min) / self.volume_step
-        return self.volume_min <= volume <= self.volume_max and abs(steps - round(steps)) < 1e-6
+        if not self.volume_min <= volume <= self.volume_max:  # (also refuses NaN)
+            return False
+        return (Decimal(repr(volume)) - Decimal(repr(self.volume_min))) % Decimal(repr(self.volume_step)) == 0
 
 
 SYMBOLS: dict[str, SymbolSpec] = {

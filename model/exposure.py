@@ -22,6 +22,7 @@ import msgspec
 from messages.enums import PositionSide, Side
 from messages.order import Order
 from messages.signal import SignalRefused
+from messages.symbols import SYMBOLS
 
 # Ended orders whose fills the keeper never confirms (it was restarted meanwhile and rebuilt
 # itself from ClickHouse) stop being counted after this.
@@ -99,7 +100,8 @@ class Exposure:
 
     def check_open(self, symbol: str, volume: float, limit: float) -> None:
         lots = self.open_lots(symbol)
-        if lots + volume > limit + 1e-9:
+        spec = SYMBOLS[symbol]
+        if spec.steps(lots) + spec.steps(volume) > spec.steps(limit):
             raise SignalRefused(
                 "exposure_limit",
                 f"{volume} more lots of {symbol} would make {round(lots + volume, 8)} open; the limit is {limit}",
@@ -117,7 +119,7 @@ class Exposure:
         if volume is None:
             return candidates[0].ticket, self.available(candidates[0])
         for position in candidates:
-            if volume <= self.available(position) + 1e-9:
+            if SYMBOLS[symbol].steps(volume) <= SYMBOLS[symbol].steps(self.available(position)):
                 return position.ticket, volume
         largest = max(self.available(p) for p in candidates)
         raise SignalRefused(
@@ -157,7 +159,7 @@ class Exposure:
         counted = self.counted.pop(order_id, 0.0)
         if order.closes_position and order.close_position is not None:
             self.claimed[order.close_position] -= counted
-            if self.claimed[order.close_position] <= 1e-9:
+            if SYMBOLS[order.symbol].steps(self.claimed[order.close_position]) <= 0:
                 del self.claimed[order.close_position]
         elif not order.closes_position:
             self.opening[order.symbol] -= counted

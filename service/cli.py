@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from actors.lifecycle import TERMINAL
+from model.order import TERMINAL
 from messages.actor import (
     CancelAnswer,
     CancelRequest,

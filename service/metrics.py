@@ -27,7 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from actors.lifecycle import TERMINAL
+from model.order import TERMINAL
 from messages import broker as wire
 from messages.actor import BrokerNews
 from messages.order import Fill, OrderEvent
@@ -49,6 +49,7 @@ SIGNALS = Counter(
 DEAD_LETTERS = Counter("execution_dead_letters", "Dead letters published on the dead-letter subject, by reason", ["reason"])
 ORDERS = Counter("execution_orders", "Orders that reached a terminal status, counted as ClickHouse has it", ["status"])
 FILLS = Counter("execution_fills", "Broker deals recorded in ClickHouse", ["symbol"])
+SINK_DEAD_LETTERS = Counter("execution_sink_dead_letters", "Items ClickHouse, Kafka or NATS refused for good, dead-lettered by the writer (role)", ["role"])
 BROKER_REJECTS = Counter("execution_broker_rejects", "Orders the broker rejected, by MT5 retcode", ["retcode"])
 ACTOR_RESTARTS = Counter("execution_actor_restarts", "Actors that died and were replaced by the supervisor, by role (order: an OrderActor)", ["role"])
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from actors.lifecycle import TERMINAL
+from model.order import TERMINAL
 from actors.supervisor import ROLES
 from messages.actor import Directory, GetDirectory, Ping, Pong
 from messages.control import (

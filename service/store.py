@@ -25,13 +25,13 @@ from clickhouse_connect.driver.binding import bind_query
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from actors.lifecycle import slippage
 from messages.codec import encode
 from messages.control import ControlRecord, TradingHalt
 from messages.enums import Side
 from messages.order import Fill, OrderEvent
 from messages.position import Position
 from messages.symbols import SYMBOLS
+from model.order import slippage_points
 from service.config import ClickHouseAuth
 from service.logs import Log
 
@@ -125,7 +125,7 @@ def order_slippage_pips(symbol: str, side: Side, average_fill_price: float | Non
     fill: the slippage of its average fill price, as each fill's is measured."""
     if average_fill_price is None:
         return None
-    return slippage(side.sign, average_fill_price, expected_price, SYMBOLS[symbol])[1]
+    return float(slippage_points(side.sign, average_fill_price, expected_price, SYMBOLS[symbol]) / 10)
 
 
 ORDER_COLUMNS = [
@@ -227,10 +227,12 @@ class Store:
                 latest[event.order_id] = event
         fills = [_execution_row(e.fill, e.actor_address, now) for e in events if e.fill is not None]
         # Events first: they are what recovery folds, so a crash between tables loses nothing.
+        # Executions last: a fill row ClickHouse refuses for good (its event is dead-lettered)
+        # leaves the order's row right.
         self._insert("order_events", [_event_row(e) for e in events], EVENT_COLUMNS)
+        self._insert("order_versions", [_order_row(e) for e in latest.values()], ORDER_COLUMNS)
         if fills:
             self._insert("execution_records", fills, EXECUTION_COLUMNS)
-        self._insert("order_versions", [_order_row(e) for e in latest.values()], ORDER_COLUMNS)
 
     def record_fills(self, fills: Iterable[Fill], actor_address: str) -> None:
         """Deals with no order of ours behind them (SL/TP/stop-out closes at the broker)."""

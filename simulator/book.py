@@ -301,6 +301,7 @@ class Book:
                     retcode=record.retcode,
                     comment=record.comment,
                     deals=list(record.deals),
+                    triggered=record.request.type in STOP_LIMITS and record.triggered and record.state in WORKING,
                 )
             )
         return OrderStatusReport(orders=reports)

@@ -311,11 +311,25 @@ class Connector:
             log.warning("ack of %s failed: %s", request.order_id, exc)
 
     def _submit(self, request: OrderRequest) -> list[Event]:
-        injected = None if self.book.knows(request.order_id) else self.faults.injected(request.action)
+        known = self.book.knows(request.order_id)
+        executed = None if known else self.faults.unknown_outcome()
+        if executed is not None:
+            return self._unknown_outcome(request, executed)
+        injected = None if known else self.faults.injected(request.action)
         events, duplicate = self.book.submit(request, self.clock.now(), injected)
         if duplicate:
             log.info("duplicate %s: not executed again, re-publishing its outcome", request.order_id)
         return events
+
+    def _unknown_outcome(self, request: OrderRequest, executed: bool) -> list[Event]:
+        """What a terminal that lost its trade server says: the request may or may not have been executed."""
+        now = self.clock.now()
+        retcode = self.faults.faults.unknown_outcome_retcode
+        if executed:
+            self.book.submit(request, now, None)  # its fills and placement are not published
+        log.warning("fault: %s answered %s, %s", request.order_id, retcode, "executed all the same" if executed else "not executed")
+        comment = "Request timeout" if retcode == Retcode.TIMEOUT else "No connection with the trade server"
+        return [BrokerError(order_id=request.order_id, symbol=request.symbol, retcode=retcode, comment=comment, timestamp=now)]
 
     async def _refuse_malformed(self, data: bytes, exc: ContractError) -> None:
         """10013 on broker.error, and in mt5.order_status, if an order_id can be read; else a log line."""

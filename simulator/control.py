@@ -43,6 +43,9 @@ class SimControl(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     error_retcode: int | None = None
     requote_rate: float | None = None
     price_off_rate: float | None = None
+    unknown_outcome_rate: float | None = None
+    unknown_outcome_executed: float | None = None
+    unknown_outcome_retcode: int | None = None
     # Consume and trade but publish nothing and answer no mt5.* request for this long.
     silent_for_s: float | None = None
     # Close the NATS connection (after replying) and reconnect after this long.

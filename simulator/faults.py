@@ -39,6 +39,12 @@ class Faults(msgspec.Struct, frozen=True, kw_only=True):
     # Market orders refused with 10004 requote / 10021 price off.
     requote_rate: float = 0.0
     price_off_rate: float = 0.0
+    # Orders answered with ``unknown_outcome_retcode`` (10012 timeout, 10031 no connection) on
+    # broker.error; of those, a fraction ``unknown_outcome_executed`` was executed all the same
+    # (its own news lost with the answer; mt5.order_status tells the truth), the rest never was.
+    unknown_outcome_rate: float = 0.0
+    unknown_outcome_executed: float = 0.5
+    unknown_outcome_retcode: int = Retcode.TIMEOUT
 
 
 class FaultInjector:
@@ -69,6 +75,13 @@ class FaultInjector:
             if faults.price_off_rate and self._orders.random() < faults.price_off_rate:
                 return Retcode.PRICE_OFF, "Price off: no quotes to process the request"
         return None
+
+    def unknown_outcome(self) -> bool | None:
+        """None: answer truthfully; else whether the order is executed behind an unknown outcome."""
+        faults = self.faults
+        if not faults.unknown_outcome_rate or self._orders.random() >= faults.unknown_outcome_rate:
+            return None
+        return self._orders.random() < faults.unknown_outcome_executed
 
     # --- silence: consume and trade, but publish nothing and answer nothing --------------------
 

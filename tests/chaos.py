@@ -30,6 +30,7 @@ from messages.actor import CancelOrder, Directory, GetDirectory, Ping, Pong, Sto
 from messages.codec import decode, encode
 from messages.order import order_id_for
 from messages.symbols import SYMBOLS
+from system import wait_gone
 
 SYMBOL_CHOICES = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "XAUUSD"]
 TERMINAL = {"filled", "cancelled", "rejected", "failed"}
@@ -225,8 +226,10 @@ def kill_order_actors(system: RunningSystem, rng: random.Random, load: Load) -> 
 def kill_supervisor(system: RunningSystem, rng: random.Random, load: Load) -> str:
     ((pid, _),) = pids_of(system)["Supervisor"]
     kill(pid)
-    # The launcher notices, kills what is left of the tree and starts again.
-    time.sleep(1.0)
+    # The launcher notices, kills what is left of the tree and starts again. Join only the new
+    # tree: a client that reaches for the admin port while the old admin dies would start an
+    # admin of its own there (Thespian does that when none answers) and keep the new one out.
+    wait_gone(system.session, 60)
     system.connect(timeout_s=90)
     return f"SIGKILL supervisor (pid {pid}); the launcher restarted the service"
 
@@ -353,6 +356,12 @@ def check_invariants(system: RunningSystem, load: Load, started: datetime) -> di
     problems = [f"deal {d} missing" for d in broker_deals - set(recorded)]
     problems += [f"deal {d} not at the broker" for d in set(recorded) - broker_deals]
     problems += [f"deal {d} x{n}" for d, n in recorded.items() if n != 1]
+    # The raw rows, not the view: a rewrite of a deal must be a copy, never a second version of it.
+    conflicting = system.query(
+        "SELECT deal, count() FROM suho_analytics.execution_records GROUP BY deal "
+        "HAVING uniqExact(execution_id, order_id, fill_price, fill_quantity, position_ticket) > 1"
+    )
+    problems += [f"deal {d}: {n} raw rows that differ" for d, n in conflicting]
     results["2 each deal exactly once"] = _verdict(problems, f"{len(broker_deals)} deals ({raw_rows - unique_rows} rewrites collapsed)")
 
     # 3. each order's final state equals the broker's

@@ -22,8 +22,8 @@ What it does:
   Content-Encoding clickhouse-connect writes (lz4, zstd, gzip, deflate) is decompressed.
 - ``param_<name>`` values are bound by the engine itself (chdb's ``params``), as a server does
   with ``{name:Type}`` placeholders: no substitution into the SQL text here.
-- ``INSERT ... FORMAT <fmt>`` followed by data (clickhouse-connect sends Native) streams the
-  data into chdb's streaming insert (``Connection.send_insert``).
+- ``INSERT ... FORMAT <fmt>`` followed by data (clickhouse-connect sends Native) is inserted
+  from a temporary file (``INSERT ... FROM INFILE``), as clickhouse-connect's chdb backend does.
 - ``database`` and every URL parameter that is not an HTTP transport parameter (a ClickHouse
   setting) apply to that one query: ``USE`` / ``SET`` before it, restored after it.
 - ``session_id``: one chdb connection per session, so ``SET``, ``USE`` and temporary tables
@@ -71,6 +71,7 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 import uuid
 import zlib
@@ -280,12 +281,14 @@ def _run(conn: chdb.state.sqlitelike.Connection, sql: bytes, params: dict[str, s
     insert = split_insert(sql)
     if insert is not None:
         statement, fmt, data = insert
-        with conn.send_insert(statement, fmt) as inserter:
-            if data:
-                inserter.append(data)
-            result = inserter.finish()
-        summary = {"written_rows": result.rows_written, "written_bytes": result.bytes_written}
-        return b"", None, _summary(summary, result.elapsed)
+        # From a file, as clickhouse-connect's own chdb backend inserts: chdb 4.4's streaming
+        # insert (send_insert) drops a block that breaks a table's CONSTRAINT without an error.
+        with tempfile.NamedTemporaryFile(suffix=".insert") as source:
+            source.write(data)
+            source.flush()
+            result = conn.query(f"{statement} FROM INFILE {_quote(source.name)} FORMAT {fmt}", "TSV")
+        summary = {"written_rows": result.rows_written(), "written_bytes": result.bytes_written()}
+        return b"", None, _summary(summary, result.elapsed())
     try:
         text = sql.decode()
     except UnicodeDecodeError:

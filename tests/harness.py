@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
@@ -57,6 +58,31 @@ def wait_until(predicate: Callable[[], T], timeout_s: float = 15.0, interval_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
         time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def clickhouse_front(base: Path, *options: str) -> Iterator[str]:
+    """tests/clickhouse_http.py (ClickHouse's engine behind its HTTP interface) on a free port,
+    its data under ``base``: yields ``host:port``; stopped at the end."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "clickhouse_http.py"), "--port", "0", "--path", str(base / "data"), *options],
+            stdout=subprocess.PIPE, stderr=log, cwd=REPO,
+        )  # fmt: skip
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 60) if proc.stdout is not None else ([], [], [])
+        line = proc.stdout.readline().decode() if ready and proc.stdout is not None else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"clickhouse_http.py did not start: {line!r}\n{(base / 'server.log').read_text()}")
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class NatsServer:

@@ -38,7 +38,6 @@ from messages.order import (
 )
 from messages.position import Position, PositionAlert, position_id_for
 from messages.signal import TradingSignal
-from messages.symbols import SYMBOLS
 
 NOW = datetime(2026, 11, 24, 10, 30, 15, 123000, tzinfo=UTC)
 SIGNAL_ID = uuid.UUID("0b5c7a52-2f4e-4a43-9a77-3b1f4f4c2a10")

@@ -26,7 +26,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from urllib3.exceptions import InsecureRequestWarning
 
-from harness import NatsServer, RunningSystem, signal, wait_until
+from harness import NatsServer, RunningSystem, clickhouse_front, signal
 
 from service.config import ClickHouseAuth, Settings, load_settings
 from service.store import Store, connect
@@ -212,27 +212,9 @@ def https_clickhouse(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """tests/clickhouse_http.py over HTTPS with user ``writer``: its ``https://host:port/``."""
     base = tmp_path_factory.mktemp("clickhouse-https")
     (base / "password").write_text(PASSWORD)
-    with open(base / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "clickhouse_http.py"), "--port", "0", "--path", str(base / "data"),
-             "--user", "writer", "--password-file", str(base / "password"),
-             "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")],
-            stdout=subprocess.PIPE, stderr=log, cwd=REPO,
-        )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on "):
-            pytest.fail(f"clickhouse_http.py did not start: {line!r}\n{(base / 'server.log').read_text()}", pytrace=False)
-        yield f"https://{line.split()[-1]}/"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    options = ("--user", "writer", "--password-file", str(base / "password"), "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"))
+    with clickhouse_front(base, *options) as address:
+        yield f"https://{address}/"
 
 
 def test_store_over_https_with_a_password(https_clickhouse: str, pki: Path) -> None:

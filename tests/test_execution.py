@@ -205,6 +205,23 @@ def test_a_silent_connector_is_asked_and_the_order_ends_in_the_brokers_state(sys
     assert len(executions(system, order_id)) == 1
 
 
+@pytest.mark.parametrize(("retcode", "executed", "status"), [(10012, 1.0, "filled"), (10031, 0.0, "failed")])
+def test_an_unknown_outcome_is_asked_about_and_never_assumed_rejected(system: RunningSystem, retcode: int, executed: float, status: str) -> None:
+    quote(system, "AUDUSD", 0.65490, 0.65500)
+    system.control(unknown_outcome_rate=1.0, unknown_outcome_executed=executed, unknown_outcome_retcode=retcode)
+    try:
+        order_id = system.send(signal("AUDUSD", "buy", 0.1, 0.655))
+        assert order_id is not None
+        row = system.wait_status(order_id, status, timeout_s=30)
+    finally:
+        system.control(unknown_outcome_rate=0.0)
+    end = "fill" if executed else "failed"
+    kinds = wait_until(lambda: (k := archived_kinds(system, order_id)) and k[-1] == end and k, what="archive")
+    assert "outcome_unknown" in kinds and "rejected" not in kinds and row["rejection_reason"] is None
+    assert len(executions(system, order_id)) == (1 if executed else 0)
+    assert wait_until(lambda: system.statuses_on_nats(order_id) == ["pending", "submitted", status], what="NATS")
+
+
 def test_an_operator_cancels_a_resting_order(system: RunningSystem) -> None:
     quote(system, "EURJPY", 163.790, 163.800)
     order_id = system.send(signal("EURJPY", "buy", 0.1, 160.0, order_type="limit", limit_price=160.0))

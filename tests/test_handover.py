@@ -14,11 +14,11 @@ import pytest
 
 from actors import base
 from actors.base import HANDOVER, RoleActor
-from actors.lifecycle import advance
 from actors.recorder import ACKNOWLEDGE, Recorder
 from messages.actor import Peers, Record, Recorded
 from messages.enums import OrderType, Side
-from messages.order import EventKind, Order, OrderEvent
+from messages.order import Order, OrderEvent
+from model import order as model
 from service.config import Settings
 from service.outbox import Outbox
 
@@ -39,7 +39,7 @@ def event(order_id: uuid.UUID) -> OrderEvent:
         order_id=order_id, signal_id=uuid.uuid4(), symbol="EURUSD", side=Side.BUY, order_type=OrderType.MARKET,
         quantity=0.1, expected_price=1.1, created_at=datetime.now(UTC),
     )  # fmt: skip
-    return advance(order, EventKind.CREATED, datetime.now(UTC), "actor")
+    return model.decide(order, model.Take(), datetime.now(UTC), model.Policy(Settings().limits), "actor").events[0]
 
 
 def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +70,7 @@ def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(t
     io = Captured(recorder, "recorder")
     recorder.settings = Settings(run_dir=str(tmp_path))
     recorder.peers = Peers(ingress="ingress")
-    recorder.store = object()  # configured (no write happens before the flush timer)
+    recorder.opened = object()  # configured (no write happens before the flush timer)
     recorder.outbox = Outbox(tmp_path / "outbox")
     a, b = event(uuid.uuid4()), event(uuid.uuid4())
     recorder.receiveMsg_Record(Record([a], ack=1, reply_to="actor-1"), "actor-1")
@@ -85,7 +85,7 @@ def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(t
     successor = Recorder()
     Captured(successor, "recorder-2")
     successor._remember(Outbox(tmp_path / "outbox").leftovers()[1].events)
-    successor.settings, successor.peers, successor.store = recorder.settings, recorder.peers, object()
+    successor.settings, successor.peers, successor.opened = recorder.settings, recorder.peers, object()
     successor.outbox = Outbox(tmp_path / "outbox")
     successor.receiveMsg_Record(Record([b], ack=2, reply_to="actor-1"), "actor-1")
     assert not successor.held.events and successor.duplicates == 1

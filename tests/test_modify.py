@@ -60,8 +60,8 @@ def test_a_resting_limit_orders_price_is_moved_and_it_fills_at_the_new_price(sys
     quote(system, "GBPUSD", 1.26440, 1.26450)  # the old limit would not fill here
     row = system.wait_status(order_id, "filled")
     assert row["average_fill_price"] == pytest.approx(1.26450)
-    assert kinds(system, order_id) == ["created", "submitted", "placed", "modify_requested", "modified", "fill"]
-    assert wait_until(lambda: (a := archived(system, order_id))[-1:] == ["fill"] and a, what="the archive")[3:5] == ["modify_requested", "modified"]
+    assert kinds(system, order_id) == ["created", "submitted", "placed", "modify_requested", "modify_sent", "modified", "fill"]
+    assert wait_until(lambda: (a := archived(system, order_id))[-1:] == ["fill"] and a, what="the archive")[3:6] == ["modify_requested", "modify_sent", "modified"]
     # The status does not change with a modify: nothing of it on orders.{status}.
     assert system.statuses_on_nats(order_id) == ["pending", "submitted", "filled"]
 
@@ -85,7 +85,7 @@ def test_an_open_positions_sl_and_tp_are_changed_and_the_new_sl_closes_it(system
     quote(system, "EURUSD", 1.08440, 1.08450)  # through the new SL (the old position had none)
     closed = wait_until(lambda: (p := position_of(system, order_id)).position_status is PositionStatus.CLOSED and p, what="closed by its SL")
     assert closed.exit_price == pytest.approx(1.08440) and closed.exit_reason.value == "stop_loss"  # type: ignore[attr-defined]
-    assert kinds(system, order_id)[-2:] == ["modify_requested", "modified"]
+    assert kinds(system, order_id)[-3:] == ["modify_requested", "modify_sent", "modified"]
 
 
 def test_a_modify_the_broker_refuses_ends_refused_with_its_retcode_and_changes_nothing(system: RunningSystem) -> None:
@@ -95,7 +95,7 @@ def test_a_modify_the_broker_refuses_ends_refused_with_its_retcode_and_changes_n
     assert sent_to_the_broker(system, order_id)
     row = system.order_row(order_id)
     assert row is not None and row["price"] == pytest.approx(1.26400) and row["order_status"] == "submitted"
-    assert kinds(system, order_id)[-2:] == ["modify_requested", "modify_refused"]
+    assert kinds(system, order_id)[-3:] == ["modify_requested", "modify_sent", "modify_refused"]
     refused_event = wait_until(lambda: [e for e in system.archive() if e.order_id == order_id and e.kind.value == "modify_refused"], what="archived")
     assert refused_event[0].detail is not None and refused_event[0].detail.startswith("10015")
     assert refused_event[0].order.pending_modify is None

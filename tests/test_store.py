@@ -16,7 +16,6 @@ Each scenario is a plain function of (dsn, database) and runs unchanged on both:
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import uuid
@@ -60,6 +59,7 @@ from service.store import (
     migrate,
     migrations,
 )
+from harness import clickhouse_front
 from upstream import ORDERS_DDL, POSITIONS_DDL, TRADING_SIGNALS_DDL, trading_signal_row
 
 HERE = Path(__file__).resolve().parent
@@ -501,26 +501,8 @@ SCENARIOS: list[Scenario] = [
 @pytest.fixture(scope="module")
 def http_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server DSN on tests/clickhouse_http.py, on its own tmp path; stopped (by pid) at the end."""
-    base = tmp_path_factory.mktemp("clickhouse-http")
-    with open(base / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(HERE / "clickhouse_http.py"), "--port", "0", "--path", str(base / "data")],
-            stdout=subprocess.PIPE, stderr=log, cwd=REPO,
-        )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        line = proc.stdout.readline().decode() if ready else ""
-        if not line.startswith("listening on "):
-            pytest.fail(f"clickhouse_http.py did not start: {line!r}\n{(base / 'server.log').read_text()}", pytrace=False)
-        yield f"http://default:@{line.split()[-1]}/suho_analytics"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with clickhouse_front(tmp_path_factory.mktemp("clickhouse-http")) as address:
+        yield f"http://default:@{address}/suho_analytics"
 
 
 def _run_embedded(scenario: Scenario, dsn: str, database: str) -> None:
