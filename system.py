@@ -43,6 +43,7 @@ SUPERVISOR_NAME = "execution-supervisor"
 WATCHDOG_NAME = "execution-watchdog"
 START_TIMEOUT_S = 120
 HEALTH_INTERVAL_S = 1.0
+PING_TIMEOUT_S = 5.0
 MISSED_PINGS = 3
 DRAIN_TIMEOUT_S = 60
 JOIN_TIMEOUT_S = 3.0
@@ -244,12 +245,16 @@ def ask_for(actor_system: ActorSystem, target: Any, message: Any, kind: type[T],
     return answer if isinstance(answer, kind) else None
 
 
-def session_of(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JOIN_TIMEOUT_S) -> int:
-    """The session of the actor system (every actor is forked inside the admin's session)."""
+def supervisor_pid(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JOIN_TIMEOUT_S) -> int:
     pong = ask_for(actor_system, supervisor, Ping(), Pong, timeout_s)
     if pong is None:
         raise RuntimeError(f"the supervisor did not answer within {timeout_s}s")
-    return os.getsid(pong.pid)
+    return pong.pid
+
+
+def session_of(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JOIN_TIMEOUT_S) -> int:
+    """The session of the actor system (every actor is forked inside the admin's session)."""
+    return os.getsid(supervisor_pid(actor_system, supervisor, timeout_s))
 
 
 def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True) -> None:
@@ -279,7 +284,8 @@ class Service:
             self.actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, logDefs=log_defs(settings))
         try:
             self.supervisor = self.actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-            self.session = session_of(self.actor_system, self.supervisor, START_TIMEOUT_S)
+            pid = supervisor_pid(self.actor_system, self.supervisor, START_TIMEOUT_S)
+            self.session, self.supervisor_process = os.getsid(pid), (pid, started_at(pid))
             launcher = LauncherRecord(os.getpid(), own_start(), settings.admin_port, self.session)
             record_path(settings).write_bytes(msgspec.json.encode(launcher))
             watchdog = self.actor_system.createActor(Watchdog, globalName=WATCHDOG_NAME)
@@ -302,7 +308,11 @@ class Service:
         self.actor_system.tell(target, message)
 
     def alive(self) -> bool:
-        return isinstance(self.actor_system.ask(self.supervisor, Ping(), HEALTH_INTERVAL_S), Pong)
+        return isinstance(self.actor_system.ask(self.supervisor, Ping(), PING_TIMEOUT_S), Pong)
+
+    def supervisor_gone(self) -> bool:
+        pid, start = self.supervisor_process
+        return started_at(pid) != start
 
     def reconciled_after(self) -> float | None:
         """How long after the state was loaded the last recovered order was reconciled (None: not yet)."""
@@ -343,12 +353,15 @@ def run(settings: Settings) -> None:
         reconciling = recovered > 0
         while True:
             time.sleep(HEALTH_INTERVAL_S)
-            missed = 0 if service.alive() else missed + 1
+            # A supervisor whose process is gone is dead at once; one that is only slow to answer
+            # (a backlog of signals ahead of the ping) is given MISSED_PINGS * PING_TIMEOUT_S.
+            missed = MISSED_PINGS if service.supervisor_gone() else 0 if service.alive() else missed + 1
             if reconciling and (took := service.reconciled_after()) is not None:
                 print(f"recovery: all {recovered} open orders reconciled with the broker {took:.2f}s after the state was loaded", flush=True)
                 reconciling = False
             if missed >= MISSED_PINGS:
-                log.error("the supervisor has not answered %d pings: restarting the whole service", missed)
+                why = "its process is gone" if service.supervisor_gone() else f"it has not answered {missed} pings"
+                log.error("the supervisor is lost (%s): restarting the whole service", why)
                 signals.ignore()
                 kill_session(service.session)
                 wait_gone(service.session)

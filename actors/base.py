@@ -7,9 +7,12 @@ process that is killed is lost without a dead letter (the receiving side took it
 socket but never handled it). So Record, RecordDeals and RecordPositions carry a number; the
 recorder answers ``Recorded`` for many of them at once (one message per sender per ack window,
 after the outbox append), and the sender keeps each one until then: a new recorder (a Peers
-broadcast) gets every unacknowledged one again at once, and one unanswered for
-``RESEND_AFTER_S`` goes again to the recorder it knows. The recorder drops events it already
-has by event_id. They are kept per actor *process*, not per order: a released OrderActor that
+broadcast) gets every unacknowledged one again at once, and one older than a number the
+recorder did acknowledge (a gap: it was lost on the way) goes again at once. Only one unanswered
+for ``RESEND_AFTER_S`` goes again without that evidence, as a last resort: a recorder that is
+merely behind must not be flooded with copies of what it is about to take (resending after a
+few seconds turned a busy recorder into a storm of copies that it then fell further behind
+on). The recorder drops events it already has by event_id. They are kept per actor *process*, not per order: a released OrderActor that
 takes the next order still holds the last order's unacknowledged events, and no message is
 added to hand them elsewhere (the supervisor would be one more hop per order and a bottleneck).
 If the process itself dies, its order is revived from what was recorded and from the broker.
@@ -32,9 +35,11 @@ from service.logs import Log
 
 log = Log(__name__)
 
-# A hand-over the recorder has not acknowledged within this long goes again (the recorder
-# acknowledges within its ack window; a busy one may take longer: it drops what it has).
-RESEND_AFTER_S = 5.0
+# A hand-over neither acknowledged nor shown lost (by a gap) within this long goes again, as a
+# last resort: the recorder acknowledges within its ack window, a busy one much later.
+RESEND_AFTER_S = 60.0
+# A copy sent again because of a gap gets this long to be acknowledged before the next copy.
+LOST_AFTER_S = 1.0
 HANDOVER = "resend unacknowledged hand-overs"
 
 
@@ -83,6 +88,12 @@ class RoleActor(ActorTypeDispatcher):
     def receiveMsg_Recorded(self, message: Recorded, sender: Any) -> None:
         for ack in message.acks:
             self.handed_over.pop(ack, None)
+        # The recorder takes one sender's hand-overs in the order they were sent: one still
+        # unacknowledged below a number it acknowledged was lost on the way.
+        highest, now = max(message.acks, default=0), time.monotonic()
+        lost = [ack for ack, (at, _) in self.handed_over.items() if ack < highest and now - at >= LOST_AFTER_S]
+        if lost:
+            self._send_again(lost, "lost on the way (a later one was acknowledged)")
 
     def handover_wakeup(self, message: WakeupMessage) -> bool:
         """Whether this wakeup was the hand-over timer (handled here)."""
@@ -101,12 +112,16 @@ class RoleActor(ActorTypeDispatcher):
     def _resend(self, older_than_s: float) -> None:
         now = time.monotonic()
         due = [ack for ack, (at, _) in self.handed_over.items() if now - at >= older_than_s]
-        for ack in due:
+        if due:
+            self._send_again(due, f"not acknowledged for {older_than_s:.0f}s" if older_than_s else "for a new recorder")
+
+    def _send_again(self, acks: list[int], why: str) -> None:
+        now = time.monotonic()
+        for ack in acks:
             message = self.handed_over[ack][1]
             self.handed_over[ack] = (now, message)
             self.send(self.peers.recorder, message)
-        if due:
-            log.warning("%s: %d hand-overs the recorder did not acknowledge sent again", type(self).__name__, len(due))
+        log.warning("%s: %d hand-overs sent to the recorder again: %s", type(self).__name__, len(acks), why)
 
     def receiveMsg_Ping(self, message: Ping, sender: Any) -> None:
         self.send(sender, Pong(type(self).__name__, os.getpid(), str(self.myAddress), self.doing(), dict(self.sent)))

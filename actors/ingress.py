@@ -135,7 +135,7 @@ class Ingress(LoopActor):
                         deliver_policy=DeliverPolicy.ALL,
                         ack_wait=ACK_WAIT_S,
                         max_deliver=self.settings.signal_max_deliver,
-                        max_ack_pending=20_000,
+                        max_ack_pending=self.settings.signal_max_ack_pending,
                     ),
                 )
             )

@@ -54,6 +54,10 @@ class Settings(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     dead_letter_subject: str = "signals.deadletter"
     # JetStream delivers a signal at most this often (then its advisory makes it a dead letter).
     signal_max_deliver: int = 20
+    # Signals delivered and not yet acknowledged (JetStream's max_ack_pending): more wait in the
+    # stream, not in the actors' mailboxes, so an overload cannot outgrow ack_wait and turn
+    # into a storm of redeliveries.
+    signal_max_ack_pending: int = 1024
     idempotency_window_hours: float = 24.0
     cross_check_trading_signals: bool = False
     default_order_type: str = "market"

@@ -555,12 +555,6 @@ def summary(outcomes: list[Outcome]) -> str:
     return table(["scenario", "seed", "faults injected", "orders", "fills", "invariants", "fault to reconciled"], rows)
 
 
-def soak_scenarios() -> dict[str, list[Fault]]:
-    """Not yet passing on every seed (events can still be lost when the writers are killed
-    while the whole tree restarts): run with ``chaos.py --scenario writers_killed``."""
-    return {"writers_killed": [kill_writers()]}
-
-
 def scenarios() -> dict[str, list[Fault]]:
     return {
         "order_actors": [kill_order_actors, kill_order_actors],
@@ -571,6 +565,7 @@ def scenarios() -> dict[str, list[Fault]]:
         "clickhouse_outage": [clickhouse_outage],
         "connector_faults": [connector_misbehaves, connector_silent],
         "poison_input": [poison_burst, kill_role("ingress"), poison_burst],
+        "writers_killed": [kill_writers()],
     }
 
 
@@ -589,7 +584,7 @@ if __name__ == "__main__":
     base = Path(tempfile.mkdtemp(prefix="chaos-"))
     kafka = None if args.kafka else KafkaOutage(base / "kafka", outage_s=30)
     bootstrap = args.kafka or kafka.bootstrap  # type: ignore[union-attr]
-    chosen = {**scenarios(), **soak_scenarios()}
+    chosen = scenarios()
     if kafka is not None:
         chosen["kafka_outage"] = [kafka]
     outcomes = []

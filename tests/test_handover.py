@@ -65,6 +65,23 @@ def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder
     assert not actor.handed_over
 
 
+def test_a_hand_over_lost_on_the_way_goes_again_and_a_slow_recorder_is_not_flooded(monkeypatch: pytest.MonkeyPatch) -> None:
+    actor = RoleActor()
+    io = Captured(actor, "order-actor")
+    actor.peers = Peers(recorder="recorder-1")
+    first, second, third = (event(uuid.uuid4()) for _ in range(3))
+    for e in (first, second, third):
+        actor.hand_over(Record([e]))
+    io.sent.clear()
+    assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # a busy recorder: not acknowledged yet
+    assert io.sent == []  # nothing sent again before RESEND_AFTER_S
+    monkeypatch.setattr(base, "LOST_AFTER_S", 0.0)
+    actor.receiveMsg_Recorded(Recorded([1, 3]), "recorder-1")  # 2 never arrived: it goes again, once
+    assert [(t, m.ack, m.events) for t, m in io.sent] == [("recorder-1", 2, [second])]
+    actor.receiveMsg_Recorded(Recorded([2]), "recorder-1")
+    assert not actor.handed_over
+
+
 def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(tmp_path: Path) -> None:
     recorder = Recorder()
     io = Captured(recorder, "recorder")
