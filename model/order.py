@@ -53,15 +53,18 @@ TRANSITIONS: dict[tuple[Phase, E], Phase] = {
     (P.NEW, E.SUBMITTED): P.SENT,
     (P.NEW, E.REJECTED): P.REJECTED,  # refused before it went out (a close naming no position)
     (P.NEW, E.CANCELLED): P.CANCELLED,
-    **{(phase, E.PLACED): P.WORKING for phase in (P.SENT, P.OUTCOME_UNKNOWN)},
+    # A FAILED order the broker places after all (it was slow to take it) is tracked again.
+    **{(phase, E.PLACED): P.WORKING for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.FAILED)},
     (P.WORKING, E.TRIGGERED): P.TRIGGERED,
     (P.SENT, E.OUTCOME_UNKNOWN): P.OUTCOME_UNKNOWN,
     # The broker knows it after all (a status report): it was executed or is working.
     (P.OUTCOME_UNKNOWN, E.QUERIED): P.SENT,
     **{(phase, E.QUERIED): phase for phase in (P.SENT, P.WORKING, P.TRIGGERED, P.PENDING_CANCEL)},
-    **{(phase, E.NOT_AT_BROKER): phase for phase in (P.SENT, P.OUTCOME_UNKNOWN)},
-    **{(phase, E.REJECTED): P.REJECTED for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL)},
-    **{(phase, E.FAILED): P.FAILED for phase in (P.SENT, P.OUTCOME_UNKNOWN)},
+    **{(phase, E.NOT_AT_BROKER): phase for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL)},
+    # The broker may refuse a pending order when it triggers (no margin then, for one): an
+    # order that has fills keeps them and ends cancelled instead (see _rejected).
+    **{(phase, E.REJECTED): P.REJECTED for phase in AT_BROKER},
+    **{(phase, E.FAILED): P.FAILED for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL)},
     **{(phase, E.CANCEL_REQUESTED): P.PENDING_CANCEL for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.WORKING, P.TRIGGERED)},
     # A cancel the broker refuses (filled meanwhile, or not cancellable): back to where it was.
     (P.PENDING_CANCEL, E.CANCEL_REFUSED): P.PENDING_CANCEL,  # the phase is restored in _step
@@ -410,8 +413,8 @@ class _Deciding:
             else:
                 self.send()
             return
-        if reconcile and order.phase in AT_BROKER:
-            self.effect(AskBroker())
+        if reconcile and (order.phase in AT_BROKER or order.phase is P.NEW):
+            self.effect(AskBroker())  # (NEW: its CREATED was recorded alone; it may be out already)
         if order.pending_modify is not None:
             self.check_modify()  # revived or recovered: its request or its answer was lost
 
@@ -493,7 +496,7 @@ class _Deciding:
                     reason = "no quote came back to check it against"
                 self.step(E.MODIFY_REFUSED, reason, change=change, pending_modify=None)
             return
-        if order.phase in AT_BROKER and not is_resting(order):
+        if _awaits_broker(order):
             self.note(f"no news from the broker since version {version}: asking")
             self.effect(AskBroker())
             self.arm(attempt + 1)
@@ -501,7 +504,7 @@ class _Deciding:
     # --- broker reports -------------------------------------------------------------------------
 
     def placed(self, ticket: int) -> None:
-        if self.order.phase in (P.SENT, P.OUTCOME_UNKNOWN):
+        if self.order.phase in (P.SENT, P.OUTCOME_UNKNOWN, P.FAILED):
             self.step(E.PLACED, f"resting as ticket {ticket}", broker_order_id=str(ticket))
         else:
             self.note(f"placement of ticket {ticket} ignored: the order is {self.order.phase.value}")
@@ -518,9 +521,12 @@ class _Deciding:
         if fill.deal in order.deals:
             self.note(f"duplicate deal {fill.deal} ignored")
             return
+        if order.phase is P.NEW:  # revived before its SUBMITTED was recorded: it was out
+            self.step(E.SUBMITTED, "the broker has it: it was sent before this actor took over", submitted_at=self.now)
+            order = self.order
         spec = _spec(order)
         filled = spec.steps(order.filled_quantity) + spec.steps(fill.fill_quantity)
-        if order.phase is P.NEW or filled > spec.steps(order.quantity):
+        if filled > spec.steps(order.quantity):
             self.note(f"deal {fill.deal} of {fill.fill_quantity} lots cannot be this {order.phase.value} order's: recorded for the positions only")
             self.effect(RecordStrayFill(priced(fill, order.expected_price, spec)))
             return
@@ -550,8 +556,9 @@ class _Deciding:
         if retcode in UNKNOWN_OUTCOME:
             self.unknown(retcode, comment)
         elif self.order.phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL) and self.order.broker_order_id is None:
-            reason = f"{retcode} {comment}"
-            self.step(E.REJECTED, reason, rejection_reason=reason)
+            self._rejected(retcode, comment)
+        elif self.order.phase in AT_BROKER:
+            self.effect(AskBroker())  # a refusal of a working order (when it triggered): the broker's status says
         else:
             self.note(f"refusal {retcode} {comment} ignored: the order is {self.order.phase.value}")
 
@@ -584,16 +591,27 @@ class _Deciding:
         for fill in report.fills:
             self.deal(fill)
         phase = self.order.phase
-        if state in (BrokerState.WORKING, BrokerState.TRIGGERED) and phase in (P.SENT, P.OUTCOME_UNKNOWN):
+        # A pending order partly filled and still working is reported partially_filled.
+        resting = state in (BrokerState.WORKING, BrokerState.TRIGGERED) or (
+            state is BrokerState.PARTIALLY_FILLED and self.order.order_type is not OrderType.MARKET
+        )
+        if resting and phase in (P.SENT, P.OUTCOME_UNKNOWN, P.FAILED):
             self.step(E.PLACED, f"resting as ticket {report.ticket}", broker_order_id=str(report.ticket))
         if state is BrokerState.TRIGGERED and self.order.phase is P.WORKING:
             self.triggered()
-        elif state in (BrokerState.WORKING, BrokerState.TRIGGERED) and phase is P.PENDING_CANCEL:
+        elif resting and phase is P.PENDING_CANCEL:
             self.effect(SendCancel())  # still resting although we asked to cancel: the request or its answer was lost
         elif state in (BrokerState.CANCELLED, BrokerState.EXPIRED) and phase in AT_BROKER:
             self.step(E.EXPIRED if state is BrokerState.EXPIRED else E.CANCELLED, f"broker reports {state.value}")
         elif state is BrokerState.REJECTED and phase in AT_BROKER:
-            reason = f"{report.retcode} {report.comment}"
+            self._rejected(report.retcode, report.comment)
+
+    def _rejected(self, retcode: int, comment: str) -> None:
+        """The broker refused the order; one that has fills keeps them: its rest is cancelled."""
+        reason = f"{retcode} {comment}"
+        if _spec(self.order).steps(self.order.filled_quantity):
+            self.step(E.CANCELLED, f"the rest refused by the broker: {reason}")
+        else:
             self.step(E.REJECTED, reason, rejection_reason=reason)
 
     def not_found(self) -> None:
@@ -604,8 +622,13 @@ class _Deciding:
         if order.phase is P.NEW:
             self.send()
             return
-        if order.phase not in (P.SENT, P.OUTCOME_UNKNOWN):
+        if order.phase not in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL):
             self.note(f"the broker does not know this {order.phase.value} order")
+            return
+        if order.deals or order.broker_order_id is not None:
+            # It was executed in part or placed: a report that does not know it is wrong, never
+            # a reason to send it again or to fail it. Asked again by the timer.
+            self.note("the broker's report does not know an order it has dealt or placed: asking again")
             return
         count = order.not_found + 1
         if count >= self.policy.max_not_found:
@@ -621,6 +644,9 @@ class _Deciding:
             return
         if accepted:
             return  # the broker's cancelled message (Ended) ends it
+        if retcode in UNKNOWN_OUTCOME:
+            self.effect(AskBroker())  # it may have been cancelled: the status says (and a cancel goes again if not)
+            return
         self.step(E.CANCEL_REFUSED, f"{retcode} {comment}")
 
     def modify_answered(self, retcode: int, comment: str) -> None:
@@ -652,7 +678,8 @@ class _Deciding:
 
 
 def _awaits_broker(order: Order) -> bool:
-    return order.pending_modify is not None or (order.phase in AT_BROKER and not is_resting(order))
+    """An answer is due: from a revived NEW order's query too (it may be out already)."""
+    return order.pending_modify is not None or order.phase is P.NEW or (order.phase in AT_BROKER and not is_resting(order))
 
 
 def _working_phase(order: Order) -> Phase:
@@ -678,11 +705,12 @@ def _spec(order: Order) -> SymbolSpec:
 
 
 def _average(order: Order, fill: Fill, spec: SymbolSpec) -> float:
-    """The volume-weighted average price after ``fill``, in points exactly, to a tenth of a point."""
+    """The volume-weighted average price after ``fill``, in points, to a ten-thousandth of a point."""
     before = spec.steps(order.filled_quantity)
     added = spec.steps(fill.fill_quantity)
-    total = Decimal(spec.points(order.average_fill_price or 0.0)) * before + Decimal(spec.points(fill.fill_price)) * added
-    return spec.price_of((total / (before + added)).quantize(Decimal("0.1")))
+    average = Decimal(repr(order.average_fill_price or 0.0)).scaleb(spec.digits)
+    total = average * before + Decimal(spec.points(fill.fill_price)) * added
+    return spec.price_of((total / (before + added)).quantize(Decimal("0.0001")))
 
 
 def priced(fill: Fill, expected_price: float | None, spec: SymbolSpec) -> Fill:

@@ -9,6 +9,8 @@ operator's modify to the same rules before it goes to the broker.
 
 from __future__ import annotations
 
+import math
+
 from datetime import datetime, timedelta
 
 import msgspec
@@ -155,6 +157,9 @@ def check_change(order: Order, change: OrderChange, quote: tuple[float, float] |
     filled = order.status is OrderStatus.FILLED
     if filled and (change.price, change.stoplimit, change.expiration) != (None, None, None):
         raise SignalRefused("position_takes_sl_tp", "the order is filled: only the SL/TP of the position it opened can change")
+    for name in ("price", "stoplimit", "sl", "tp"):
+        if (value := getattr(change, name)) is not None and not math.isfinite(value):
+            raise SignalRefused("price_out_of_band", f"{name} {value} is not a finite price")
     for name in ("price", "stoplimit"):
         if (value := getattr(change, name)) is not None and value <= 0:
             raise SignalRefused("non_positive_price", f"{name} {value} must be positive")

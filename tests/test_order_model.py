@@ -147,7 +147,7 @@ def test_each_fill_carries_its_slippage_signed_adverse_positive() -> None:
     assert sell.last.events[0].fill.slippage_pips == -0.3  # a sell above the expected price gained
 
 
-def test_the_average_price_is_exact_to_a_tenth_of_a_point() -> None:
+def test_the_average_price_is_exact_between_two_points() -> None:
     run = sent(quantity=0.02)
     run(Dealt(fill(run.order, 1, 0.01, 1.08501)))
     run(Dealt(fill(run.order, 2, 0.01, 1.08502)))
@@ -347,6 +347,77 @@ def test_a_placement_for_an_order_already_ended_is_ignored() -> None:
     assert run.kinds == [] and run.order.status is OrderStatus.REJECTED
 
 
+def test_a_working_order_the_broker_refuses_when_it_triggers_ends_rejected() -> None:
+    run = working(OrderType.STOP)
+    run(Refused(Retcode.NO_MONEY, "No money"))
+    assert run.kinds == [] and run.effects(AskBroker) == [AskBroker()]  # its status tells
+    run(Status(BrokerState.REJECTED, 555, (), Retcode.NO_MONEY, "No money"))
+    assert (run.kinds, run.order.status, run.order.rejection_reason) == ([E.QUERIED, E.REJECTED], OrderStatus.REJECTED, "10019 No money")
+
+
+def test_a_partly_filled_working_order_the_broker_refuses_keeps_its_fills_and_ends_cancelled() -> None:
+    run = working()
+    run(Dealt(fill(run.order, 1, 0.4)))
+    run(Status(BrokerState.REJECTED, 555, (fill(run.order, 1, 0.4),), Retcode.NO_MONEY, "No money"))
+    assert (run.order.status, run.order.filled_quantity) == (OrderStatus.CANCELLED, 0.4)
+
+
+def test_a_lost_cancel_of_a_partly_filled_resting_order_goes_again() -> None:
+    run = working()
+    run(Dealt(fill(run.order, 1, 0.4)))
+    run(Cancel("operator"))
+    run(Status(BrokerState.PARTIALLY_FILLED, 555, (fill(run.order, 1, 0.4),)))
+    assert run.effects(SendCancel) == [SendCancel()]
+
+
+def test_a_limit_order_reported_partly_filled_before_its_placement_was_heard_rests() -> None:
+    run = sent(OrderType.LIMIT)
+    run(Status(BrokerState.PARTIALLY_FILLED, 555, (fill(run.order, 1, 0.4),)))
+    assert run.order.phase is Phase.WORKING and model.is_resting(run.order)
+
+
+@pytest.mark.parametrize("retcode", [Retcode.TIMEOUT, Retcode.CONNECTION])
+def test_a_cancel_answered_with_an_unknown_outcome_is_asked_about_not_taken_as_refused(retcode: int) -> None:
+    run = working()
+    run(Cancel("operator"))
+    run(CancelAnswered(False, retcode, "Request timeout"))
+    assert run.kinds == [] and run.order.phase is Phase.PENDING_CANCEL and run.effects(AskBroker) == [AskBroker()]
+
+
+def test_an_order_declared_failed_that_the_broker_places_after_all_is_tracked_again() -> None:
+    run = sent(OrderType.LIMIT)
+    for _ in range(3):
+        run(Status(BrokerState.NOT_FOUND))
+    run(Placed(555))
+    assert (run.order.phase, run.order.status) == (Phase.WORKING, OrderStatus.SUBMITTED) and model.is_resting(run.order)
+
+
+def test_a_partly_filled_order_a_report_does_not_know_is_neither_sent_again_nor_failed() -> None:
+    run = sent(quantity=1.0)
+    run(Dealt(fill(run.order, 1, 0.4)))
+    for _ in range(3):
+        run(Status(BrokerState.NOT_FOUND))
+        assert run.kinds == [] and run.effects(SendOrder) == []
+    assert run.order.status is OrderStatus.PARTIALLY_FILLED
+
+
+def test_a_cancelled_order_the_broker_never_received_fails_after_the_reports_without_a_resend() -> None:
+    run = sent()
+    run(Cancel("halt"))
+    for _ in range(2):
+        run(Status(BrokerState.NOT_FOUND))
+        assert run.kinds == [E.NOT_AT_BROKER] and run.effects(SendOrder) == []
+    run(Status(BrokerState.NOT_FOUND))
+    assert run.order.status is OrderStatus.FAILED
+
+
+def test_the_average_price_stays_exact_over_many_fills() -> None:
+    run = sent(quantity=0.04)
+    for number, price in enumerate((1.08501, 1.08502, 1.08502, 1.08502), start=1):
+        run(Dealt(fill(run.order, number, 0.01, price)))
+    assert run.order.average_fill_price == 1.0850175  # 434007 points / 4, exactly
+
+
 # --- revival: nothing lives outside the order ----------------------------------------------------
 
 
@@ -371,6 +442,16 @@ def test_an_order_revived_that_the_broker_had_filled_is_filled() -> None:
     run(Take(reconcile=True))
     run(Status(BrokerState.FILLED, 9001, (fill(run.order, 1, 1.0),)))
     assert run.kinds == [E.SUBMITTED, E.QUERIED, E.FILL] and run.order.status is OrderStatus.FILLED
+
+
+def test_an_order_whose_created_alone_was_recorded_is_asked_about_when_revived_and_takes_its_fill() -> None:
+    created = Run(new_order())
+    created(Take(reconcile=True))
+    revived = Run(created.order)  # version 1, phase new
+    revived(Take(reconcile=True))
+    assert revived.effects(AskBroker) == [AskBroker()] and revived.effects(ArmTimer)
+    revived(Dealt(fill(revived.order, 1, 1.0)))
+    assert revived.kinds == [E.SUBMITTED, E.FILL] and revived.order.status is OrderStatus.FILLED
 
 
 def test_the_order_is_the_fold_of_its_events() -> None:
@@ -435,6 +516,13 @@ def test_an_unanswered_modify_is_sent_once_more_then_refused_as_unknown() -> Non
     assert run.kinds == [E.MODIFY_REFUSED] and "may or may not" in (run.last.events[0].detail or "")
 
 
+def test_a_modify_to_an_infinite_take_profit_is_refused_before_the_broker() -> None:
+    run = working()
+    run(Modify(OrderChange(request_id=uuid.uuid4(), tp=float("inf"))))
+    run(QuoteArrived((1.08500, 1.08510)))
+    assert run.kinds == [E.MODIFY_REFUSED] and "not a finite price" in (run.last.events[0].detail or "")
+
+
 def test_a_second_modify_while_one_is_pending_and_a_modify_of_a_market_order_are_refused() -> None:
     run = working()
     run(Modify(OrderChange(request_id=uuid.uuid4(), price=1.08420)))
@@ -490,10 +578,11 @@ def test_what_cannot_happen_to_an_order_is_not_in_the_table(phase: Phase, kind: 
     assert (phase, kind) not in model.TRANSITIONS
 
 
-def test_an_ended_order_takes_nothing_but_a_fill_or_its_positions_modify() -> None:
+def test_an_ended_order_takes_nothing_but_a_fill_its_positions_modify_or_a_late_placement() -> None:
     ended = {(phase, kind) for (phase, kind) in model.TRANSITIONS if phase in model.ENDED}
-    assert {kind for _, kind in ended} <= {E.MODIFY_REQUESTED, E.MODIFY_SENT, E.MODIFIED, E.MODIFY_REFUSED}
-    assert {phase for phase, kind in ended if kind is not E.MODIFY_REFUSED} == {Phase.FILLED}
+    assert {kind for _, kind in ended} <= {E.MODIFY_REQUESTED, E.MODIFY_SENT, E.MODIFIED, E.MODIFY_REFUSED, E.PLACED}
+    assert {phase for phase, kind in ended if kind is E.PLACED} == {Phase.FAILED}
+    assert {phase for phase, kind in ended if kind not in (E.MODIFY_REFUSED, E.PLACED)} == {Phase.FILLED}
 
 
 def test_exact_volumes_and_prices_on_the_symbol_catalogue() -> None:
