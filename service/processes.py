@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -57,11 +58,24 @@ def session_members(session: int) -> list[int]:
     return members
 
 
+# Rounds of SIGKILL for a session, 50 ms apart: a process that forks while it is being killed
+# (the admin replacing an actor) adds a member after the first round's list was taken.
+KILL_ROUNDS = 20
+
+
 def kill_session(session: int) -> None:
-    """SIGKILL to every process of a session; the caller last, if it is one of them."""
-    for pid in sorted(session_members(session), key=lambda pid: pid == os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """SIGKILL to every process of a session, round after round until none is left; the
+    caller last, if it is one of them."""
+    for _ in range(KILL_ROUNDS):
+        others = [pid for pid in session_members(session) if pid != os.getpid()]
+        if not others:
+            break
+        for pid in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    if os.getpid() in session_members(session):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def die_with_parent(signum: int) -> None:
