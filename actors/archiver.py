@@ -13,6 +13,7 @@ from messages.actor import Publish
 from messages.control import ServerCheck
 from messages.codec import encode
 from messages.order import OrderEvent
+from service.failures import Failure, classify
 from service.health import check_kafka
 from service.kafka import archive_producer, ensure_topic
 
@@ -45,4 +46,13 @@ class Archiver(SinkActor):
             )
             for event in batch
         ]
-        await asyncio.gather(*sent)
+        try:
+            await asyncio.gather(*sent)
+        except Exception as exc:
+            if classify(exc) is not Failure.TRANSIENT:
+                # An idempotent producer that had a batch refused is out of step with the
+                # broker's sequence numbers (OutOfOrderSequenceNumber next): a fresh one is not.
+                producer, self.producer = self.producer, None
+                await producer.stop()
+                await self.open()
+            raise

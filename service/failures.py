@@ -53,7 +53,10 @@ class Failure(Enum):
 
 def classify(exc: BaseException) -> Failure:
     if isinstance(exc, kafka_errors.KafkaError):  # aiokafka says which of its errors a retry can cure
-        return Failure.TRANSIENT if exc.retriable or isinstance(exc, kafka_errors.KafkaConnectionError) else Failure.PERMANENT
+        # ... and a client-side timeout, or a sequence out of step (the archiver then starts a
+        # fresh idempotent producer), is cured by one too.
+        cured = (kafka_errors.KafkaConnectionError, kafka_errors.KafkaTimeoutError, kafka_errors.OutOfOrderSequenceNumber)
+        return Failure.TRANSIENT if exc.retriable or isinstance(exc, cured) else Failure.PERMANENT
     if _clickhouse_code(exc) in CLICKHOUSE_DATA_ERRORS or isinstance(exc, PERMANENT_TYPES):
         return Failure.PERMANENT
     if isinstance(exc, (*TRANSIENT_TYPES, clickhouse_errors.DatabaseError)):
