@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 import msgspec
 from thespian.actors import ActorSystem, InvalidActorAddress
 
+from actors.coordinator import Coordinator
 from actors.supervisor import Supervisor
 from actors.watchdog import Watchdog
-from messages.actor import Drain, Drained, GetPeers, Peers, Ping, Pong, Start, Started, Watch
+from messages.actor import Drain, Drained, GetPeers, NotStarted, Peers, Ping, Pong, Start, Started, Watch
 from messages.control import GetStatus, ServiceStatus
 from service import metrics
 from service.config import Settings
@@ -40,6 +41,7 @@ from service.processes import die_with_parent, kill_session, own_start, session_
 log = logging.getLogger("execution-service")
 
 SUPERVISOR_NAME = "execution-supervisor"
+COORDINATOR_NAME = "execution-coordinator"
 WATCHDOG_NAME = "execution-watchdog"
 START_TIMEOUT_S = 120
 HEALTH_INTERVAL_S = 1.0
@@ -207,6 +209,11 @@ def claim(settings: Settings) -> None:
         wait_closed(port)  # the dead admin's listening socket goes with its last process
     if admin_port_open(port):
         raise Refused(f"admin port {port} is in use by a program that is not a running execution-service")
+    if settings.partitions and not settings.clickhouse_dsn:
+        raise Refused(
+            f"partitions = {settings.partitions} shares the work between instances, which needs one ClickHouse server "
+            "for all of them (clickhouse_dsn): the embedded store belongs to one process"
+        )
     if (holder := chdb_holder(settings)) is not None:
         raise Refused(f"the embedded ClickHouse in {settings.run_dir}/chdb is locked by another process ({holder})")
 
@@ -214,11 +221,19 @@ def claim(settings: Settings) -> None:
 # --- clients --------------------------------------------------------------------------------
 
 
+def root_of(settings: Settings) -> tuple[type, str]:
+    """The actor at the root of the tree, and its global name: the supervisor of a single
+    instance, or the coordinator of one that shares the work (partitions)."""
+    return (Coordinator, COORDINATOR_NAME) if settings.partitions else (Supervisor, SUPERVISOR_NAME)
+
+
 def connect(settings: Settings) -> tuple[ActorSystem, Any]:
     """Join the running service's actor system as a client (CLI, tests): its system and the
-    supervisor. A transient system of its own, so a client can reconnect after a restart."""
+    root (supervisor or coordinator). A transient system of its own, so a client can
+    reconnect after a restart."""
     actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, transientUnique=True)
-    return actor_system, actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+    root, name = root_of(settings)
+    return actor_system, actor_system.createActor(root, globalName=name)
 
 
 def join(settings: Settings, timeout_s: float = JOIN_TIMEOUT_S) -> tuple[ActorSystem, Any, Peers] | None:
@@ -232,7 +247,13 @@ def join(settings: Settings, timeout_s: float = JOIN_TIMEOUT_S) -> tuple[ActorSy
     except InvalidActorAddress:
         return None  # the port is held by something else
     peers = actor_system.ask(supervisor, GetPeers(), timeout_s)
-    return (actor_system, supervisor, peers) if isinstance(peers, Peers) and peers.ingress is not None else None
+    return (actor_system, supervisor, peers) if isinstance(peers, Peers) and started(settings, peers) else None
+
+
+def started(settings: Settings, peers: Peers) -> bool:
+    """Whether the root's peers say it has started: a supervisor once ingress, the last of its
+    roles, is up; a coordinator once the instance has joined the others."""
+    return (peers.supervisor if settings.partitions else peers.ingress) is not None
 
 
 def ask_for(actor_system: ActorSystem, target: Any, message: Any, kind: type[T], timeout_s: float) -> T | None:
@@ -283,7 +304,8 @@ class Service:
         with signals.deferred():  # an admin forked but not yet handed back could not be stopped
             self.actor_system = ActorSystem("multiprocTCPBase", {"Admin Port": settings.admin_port}, logDefs=log_defs(settings))
         try:
-            self.supervisor = self.actor_system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+            root, name = root_of(settings)
+            self.supervisor = self.actor_system.createActor(root, globalName=name)
             pid = supervisor_pid(self.actor_system, self.supervisor, START_TIMEOUT_S)
             self.session, self.supervisor_process = os.getsid(pid), (pid, started_at(pid))
             launcher = LauncherRecord(os.getpid(), own_start(), settings.admin_port, self.session)
@@ -291,6 +313,8 @@ class Service:
             watchdog = self.actor_system.createActor(Watchdog, globalName=WATCHDOG_NAME)
             self.actor_system.tell(watchdog, Watch(launcher.pid, launcher.started, self.supervisor))
             started = self.actor_system.ask(self.supervisor, Start(settings), START_TIMEOUT_S)
+            if isinstance(started, NotStarted):
+                raise Refused(started.reason)
             if not isinstance(started, Started):
                 raise RuntimeError(f"the service did not start within {START_TIMEOUT_S}s (got {started!r})")
         except BaseException:

@@ -29,8 +29,9 @@ from typing import Any
 import msgspec
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
-from messages.actor import Peers, Ping, Pong, Recorded
+from messages.actor import Configure, Peers, Ping, Pong, Recorded, Start
 from service.config import Settings
+from service.leases import tree_members
 from service.logs import Log
 
 log = Log(__name__)
@@ -60,6 +61,8 @@ class RoleActor(ActorTypeDispatcher):
         super().send(target, message)
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:
+        if isinstance(message, Configure | Start) and not message.share.whole:
+            tree_members(message.settings.run_dir, message.share).join()  # (a partition's tree)
         handled = super().receiveMessage(message, sender)
         self.set_gauges()
         return handled

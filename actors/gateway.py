@@ -41,8 +41,10 @@ from messages.order import OrderStatusMessage
 from service import metrics
 from service.config import Settings
 from service.health import check_nats
+from service.leases import Fence
 from service.logs import Log
 from service.mt5 import fill_of
+from service.partitions import published_subject
 from service.streams import connect_nats, ensure_streams
 
 log = Log(__name__)
@@ -73,6 +75,8 @@ class BrokerGateway(LoopActor):
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
+        self.share = message.share
+        self.fence = Fence.of(self.settings.run_dir, self.share)
         if self.loop is None:
             self.start_loop()
             self.spawn(self._connect_and_consume(sender))
@@ -85,27 +89,22 @@ class BrokerGateway(LoopActor):
     async def _connect_and_consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)
         await ensure_streams(self.js, self.settings)
+        stream, durable = f"{self.settings.stream_prefix}_BROKER", f"{self.settings.stream_prefix}_gateway{self.share.name}"
         subscription = await self.js.pull_subscribe(
-            "broker.>",
-            durable=f"{self.settings.stream_prefix}_gateway",
-            stream=f"{self.settings.stream_prefix}_BROKER",
+            self.share.broker_subject,
+            durable=durable,
+            stream=stream,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=10),
         )
-        self.spawn(metrics.watch_consumer(self.js, f"{self.settings.stream_prefix}_BROKER", f"{self.settings.stream_prefix}_gateway"))
+        self.spawn(metrics.watch_consumer(self.js, stream, durable))
         self.deliver(configurer, Ready("gateway"))
         while True:
-            try:
-                batch = await subscription.fetch(256, timeout=1.0)
-            except asyncio.TimeoutError:
-                continue
-            except Exception as exc:  # a NATS restart: the client reconnects, we keep fetching
-                log.warning("broker consumer fetch failed: %s", exc)
-                await asyncio.sleep(0.2)
+            if not (batch := await self.fetch(subscription, "broker consumer")):
                 continue
             news = []
             for msg in batch:
                 try:
-                    news.append(decode(msg.data, NEWS_KINDS[msg.subject.split(".")[1]]))
+                    news.append(decode(msg.data, NEWS_KINDS[published_subject(msg.subject).split(".")[1]]))
                 except (ContractError, KeyError) as exc:
                     log.error("unreadable broker message on %s: %s", msg.subject, exc)
             self.deliver(None, Inbound(news, batch))

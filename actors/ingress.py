@@ -57,7 +57,9 @@ from model.pretrade import check_signal
 from service import metrics
 from service.config import Settings
 from service.health import check_nats
+from service.leases import Fence
 from service.logs import Log
+from service.partitions import published_subject
 from service.streams import BARE_SIGNAL_SUBJECT, SIGNAL_SUBJECTS, connect_nats, ensure_streams
 
 log = Log(__name__)
@@ -104,6 +106,8 @@ class Ingress(LoopActor):
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
+        self.share = message.share
+        self.fence = Fence.of(self.settings.run_dir, self.share)
         if self.loop is None:
             self.start_loop()
             self.spawn(self._consume(sender))
@@ -120,10 +124,13 @@ class Ingress(LoopActor):
         await self.nc.subscribe(f"{wire.TICK_SUBJECT}.>", cb=self._on_tick)
         await self._refresh_quotes(None)
         subscriptions = []
-        for subject, durable in zip(SIGNAL_SUBJECTS, ("ingress", "ingress_bare"), strict=True):
+        for subject, durable in self._consumers():
             durable_name = f"{self.settings.stream_prefix}_{durable}"
+            # A queue group: with several trees reading a shared consumer, one dead letter each.
             await self.nc.subscribe(
-                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{durable_name}", cb=self._on_max_deliveries
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{durable_name}",
+                queue="execution-ingress",
+                cb=self._on_max_deliveries,
             )
             subscriptions.append(
                 await self.js.pull_subscribe(
@@ -139,22 +146,20 @@ class Ingress(LoopActor):
                     ),
                 )
             )
-            self.spawn(metrics.watch_consumer(self.js, self.stream, durable_name))
+            if self.share.whole or subject == self.share.signal_subject:  # (a shared one is every tree's)
+                self.spawn(metrics.watch_consumer(self.js, self.stream, durable_name))
         self.deliver(configurer, Ready("ingress"))
         await asyncio.gather(*(self._fetch_forever(subscription) for subscription in subscriptions))
 
+    def _consumers(self) -> list[tuple[str, str]]:
+        """(stored subject, durable) read here. Off-contract subjects (bare, or with more
+        tokens) are not partitioned: every tree reads their shared consumers and refuses them."""
+        shared = [(SIGNAL_SUBJECTS[0], "ingress"), (BARE_SIGNAL_SUBJECT, "ingress_bare")]
+        return shared if self.share.whole else [(self.share.signal_subject, f"ingress{self.share.name}"), *shared]
+
     async def _fetch_forever(self, subscription: Any) -> None:
         while True:
-            if self.paused.is_set():
-                await asyncio.sleep(0.1)  # signals wait in JetStream meanwhile
-                continue
-            try:
-                batch = await subscription.fetch(256, timeout=1.0)
-            except asyncio.TimeoutError:
-                continue
-            except Exception as exc:  # a NATS restart: the client reconnects, we keep fetching
-                log.warning("signal consumer fetch failed: %s", exc)
-                await asyncio.sleep(0.2)
+            if not (batch := await self.fetch(subscription, "signal consumer", held=self.paused.is_set())):
                 continue
             try:
                 valid = await self._screen(batch)
@@ -184,7 +189,7 @@ class Ingress(LoopActor):
             quote = self.quotes.get(signal.symbol, (None, 0.0))[0]
             try:
                 self._injected_failure(signal.signal_id)
-                check_signal(signal, _subject_symbol(msg.subject), SYMBOLS, quote, limits, now)
+                check_signal(signal, _subject_symbol(published_subject(msg.subject)), SYMBOLS, quote, limits, now)
             except SignalRefused as refused:
                 if refused.reason == "no_market_quote" and msg.metadata.num_delivered < NO_QUOTE_DELIVERIES:
                     await msg.nak(delay=RETRY_DELAY_S)  # the connector may not have published it yet
@@ -193,6 +198,10 @@ class Ingress(LoopActor):
                 continue
             except Exception as exc:
                 await self._failed(msg, signal.signal_id, exc)
+                continue
+            if not self.share.owns(signal.symbol):
+                # Left from before the stream was partitioned: the tree serving its symbol takes it.
+                await msg.nak(delay=RETRY_DELAY_S)
                 continue
             if msg.metadata.num_delivered >= self.settings.signal_max_deliver:
                 log.warning("signal %s: the last delivery JetStream will make (%d)", signal.signal_id, msg.metadata.num_delivered)
@@ -218,7 +227,7 @@ class Ingress(LoopActor):
     ) -> None:
         """Refuse a delivery: the dead letter goes out, then the delivery is acknowledged."""
         seq, deliveries = msg.metadata.sequence.stream, msg.metadata.num_delivered
-        if await self._publish_dead_letter(msg.subject, msg.data, seq, deliveries, reason, detail, field, signal_id):
+        if await self._publish_dead_letter(published_subject(msg.subject), msg.data, seq, deliveries, reason, detail, field, signal_id):
             await msg.ack()
         else:  # NATS is away: the signal comes again and is refused again
             await msg.nak(delay=RETRY_DELAY_S)
@@ -279,7 +288,8 @@ class Ingress(LoopActor):
         most = self.settings.signal_max_deliver
         detail = f"JetStream delivered it {most} times without an acknowledgement"
         # No delivery to acknowledge: the consumer no longer offers the message.
-        await self._publish_dead_letter(stored.subject, stored.data or b"", seq, most, "max_deliveries", detail, None, None)
+        subject = published_subject(stored.subject)
+        await self._publish_dead_letter(subject, stored.data or b"", seq, most, "max_deliveries", detail, None, None)
 
     async def _on_tick(self, msg: Any) -> None:
         try:

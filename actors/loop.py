@@ -21,6 +21,7 @@ from typing import Any
 from thespian.actors import ThespianWatch, WatchMessage
 
 from actors.base import RoleActor
+from service.leases import Fence
 from messages.control import CheckServers, ServerCheck, ServersChecked
 from service.logs import Log
 
@@ -33,6 +34,9 @@ class LoopActor(RoleActor):
     """Base for actors that do asyncio I/O. Call ``start_loop`` once, when configured."""
 
     loop: asyncio.AbstractEventLoop | None = None
+    # Whether this tree's lease lets it read its partition's consumers (set when configured).
+    fence = Fence(None)
+    fenced = False
 
     def start_loop(self) -> None:
         # Two threads share the GIL here; the default 5 ms switch interval would make every
@@ -61,6 +65,30 @@ class LoopActor(RoleActor):
     async def check_servers(self) -> list[ServerCheck]:
         """The servers this actor talks to, checked now over its own connections (on the loop)."""
         return []
+
+    async def fetch(self, subscription: Any, what: str, held: bool = False) -> list[Any]:
+        """The next batch of a JetStream pull consumer (on the loop); [] while ``held`` or
+        past the lease, on a timeout, or when the fetch failed (the client reconnects). A
+        batch that arrives as the lease runs out is handed back for the next owner."""
+        fenced = not self.fence.valid()
+        if fenced != self.fenced:
+            self.fenced = fenced
+            log.warning("%s: %s", what, "reading stops: the lease is not known to be valid" if fenced else "reading again")
+        if held or fenced:
+            await asyncio.sleep(0.1)  # the messages wait in JetStream meanwhile
+            return []
+        try:
+            batch: list[Any] = await subscription.fetch(256, timeout=1.0)
+        except asyncio.TimeoutError:
+            return []
+        except Exception as exc:  # a NATS restart: the client reconnects, we keep fetching
+            log.warning("%s fetch failed: %s", what, exc)
+            await asyncio.sleep(0.2)
+            return []
+        if not self.fence.valid():
+            await asyncio.gather(*(msg.nak() for msg in batch), return_exceptions=True)
+            return []
+        return batch
 
     def deliver(self, target: Any, message: Any) -> None:
         """Send ``message`` to ``target`` from the loop thread (through the actor thread).

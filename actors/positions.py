@@ -63,6 +63,7 @@ EXIT_REASONS = {
 # may have been published just after.
 DEALS_OVERLAP = timedelta(minutes=1)
 DEAL_GRACE = timedelta(seconds=3)
+RECOVER_AGAIN = timedelta(seconds=30)
 
 
 def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None, at: datetime) -> Position:
@@ -156,7 +157,9 @@ class PositionBook:
                 changed += self.apply(early, None, None, at)
             return changed
         if position is None:
-            self.early_exits.setdefault(ticket, []).append(fill)
+            early = self.early_exits.setdefault(ticket, [])
+            if all(known.deal != fill.deal for known in early):  # (a fill may be published again)
+                early.append(fill)
             return []
         self.positions[ticket] = reduce(position, fill, at)
         return [self.positions[ticket]]
@@ -189,23 +192,28 @@ class PositionKeeper(RoleActor):
         super().__init__()
         self.book = PositionBook()
         self.deals_checked_until: datetime | None = None
+        # Deals recovered and when (not asked for again before RECOVER_AGAIN).
+        self.recovering: dict[int, datetime] = {}
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
         self.peers: Peers = message.peers
+        # Positions of the symbols this tree serves: the others are another tree's to keep.
+        self.share = message.share
         self.configurer = sender
         self.send(self.peers.recorder, LoadFills())
 
     def receiveMsg_FillsLoaded(self, message: FillsLoaded, sender: Any) -> None:
         now = datetime.now(UTC)
-        for fill, stop_loss, take_profit in message.fills:
+        fills = [loaded for loaded in message.fills if self.share.owns(loaded[0].symbol)]
+        for fill, stop_loss, take_profit in fills:
             self.book.apply(fill, stop_loss, take_profit, now)
         self.deals_checked_until = datetime.now(UTC) - timedelta(hours=self.settings.idempotency_window_hours)
         # What a keeper before this one computed but had not handed over is written again.
         self.hand_over(RecordPositions(list(self.book.positions.values())))
         opened = [open_position_of(p) for p in self.book.open_positions()]
         self.send(self.peers.supervisor, PositionsView(positions=opened, applied={}, complete=True))
-        log.info("positions rebuilt from %d fills: %d open", len(message.fills), len(self.book.open_positions()))
+        log.info("positions of %s rebuilt from %d fills: %d open", self.share, len(fills), len(self.book.open_positions()))
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
         self.send(self.configurer, Ready("positions"))
 
@@ -244,9 +252,9 @@ class PositionKeeper(RoleActor):
 
     def receiveMsg_PositionsReply(self, message: PositionsReply, sender: Any) -> None:
         now = datetime.now(UTC)
-        if self._recover_missing_deals(message.deals, now):
+        if self._recover_missing_deals([deal for deal in message.deals if self.share.owns(deal.symbol)], now):
             return  # positions are compared once the missing deals are in
-        self._compare(message, now)
+        self._compare([position for position in message.report.positions if self.share.owns(position.symbol)], now)
 
     def _recover_missing_deals(self, deals: list[BrokerFill], now: datetime) -> bool:
         """Deals the broker made that no fill message brought us: recorded now, exactly once
@@ -254,8 +262,12 @@ class PositionKeeper(RoleActor):
         known = {deal for p in self.book.positions.values() for deal in p.deals}
         known |= {fill.deal for fills in self.book.early_exits.values() for fill in fills}
         settled = now - DEAL_GRACE  # younger deals may still be on their way as fill messages
-        missing = [deal for deal in deals if deal.deal not in known and deal.timestamp < settled]
+        # A deal recovered lately may still be on its way through a busy recorder: asking again
+        # every second would only add to what keeps it busy.
+        self.recovering = {deal: at for deal, at in self.recovering.items() if deal not in known and now - at < RECOVER_AGAIN}
+        missing = [deal for deal in deals if deal.deal not in known and deal.timestamp < settled and deal.deal not in self.recovering]
         for deal in missing:
+            self.recovering[deal.deal] = now
             log.warning("reconciliation: deal %s (%s %s %s) never reached us: recovering it", deal.deal, deal.symbol, deal.side.value, deal.volume)
             if deal.order_id is None:
                 self.hand_over(RecordDeals([fill_of(deal)]))
@@ -263,12 +275,12 @@ class PositionKeeper(RoleActor):
                 self.send(self.peers.supervisor, Orphan(BrokerUpdate(deal.order_id, deal)))
         if missing:
             self.wakeupAfter(timedelta(seconds=1))  # compare again once they are recorded
-        else:
+        elif not self.recovering:  # (else asked for again from there: a recovery may not take)
             self.deals_checked_until = now - DEALS_OVERLAP
         return bool(missing)
 
-    def _compare(self, message: PositionsReply, now: datetime) -> None:
-        theirs = {p.ticket: p for p in message.report.positions}
+    def _compare(self, broker_positions: list[BrokerPosition], now: datetime) -> None:
+        theirs = {p.ticket: p for p in broker_positions}
         ours = {p.ticket: p for p in self.book.open_positions()}
         changed: list[Position] = []
         for ticket, broker in theirs.items():

@@ -13,7 +13,7 @@ actors/base.py), so an event already taken (by its event_id) is dropped, not hel
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,12 @@ MAX_BACKOFF_S = 5.0
 # The sinks that confirm each batch; a batch leaves the outbox when both have it.
 SINKS = ("archiver", "status_publisher")
 REATTACH = "reattach order_events"
+CHECKPOINT = "checkpoint the partition"
+# A partition's tree writes how far its events are confirmed by the sinks this often; its
+# next owner publishes again what was recorded after that, from this much earlier (an event
+# may wait in an actor that long before it is handed over: RESEND_AFTER_S).
+CHECKPOINT_INTERVAL = timedelta(seconds=2)
+REPLAY_MARGIN = timedelta(seconds=60)
 ACKNOWLEDGE = "acknowledge hand-overs"
 # Acknowledgements wait this long to go out together: one Recorded per sender per window
 # (well under RESEND_AFTER_S, after which a sender sends again).
@@ -91,6 +97,8 @@ class Recorder(RoleActor):
         self.flush_scheduled = False
         self.backoff_s = 0.0
         self.drain_asker: Any = None
+        # The batches a drain waits for (None: until what was held then is written).
+        self.drain_barrier: set[int] | None = None
         self.pressing = False
         # str(sender) -> (sender, acks to send it at the end of the ack window)
         self.acks: dict[str, tuple[Any, list[int]]] = {}
@@ -106,13 +114,39 @@ class Recorder(RoleActor):
         self.peers: Peers = message.peers
         if self.opened is None:
             self.opened = Store(self.settings.dsn, self.settings.clickhouse_database, self.settings.clickhouse_auth)
-            self.outbox = Outbox(Path(self.settings.run_dir) / "outbox")
+            # A partition's own: the tree that serves it here next replays what this one left.
+            self.outbox = Outbox(Path(self.settings.run_dir) / f"outbox{message.share.name}")
             self.dead_letters = DeadLetters(self.settings.run_dir, "recorder")
+            self.share = message.share
             self._take_over_leftovers()
+            if not self.share.whole:
+                self._publish_unconfirmed()
+                self.wakeupAfter(CHECKPOINT_INTERVAL, payload=CHECKPOINT)
             early, self.early = self.early, []
             for letter, letter_sender in early:
                 self.receiveMessage(letter, letter_sender)
         self.send(sender, Ready("recorder"))
+
+    def _publish_unconfirmed(self) -> None:
+        """A partition taken over: what its last owner recorded but may not have had confirmed
+        by the sinks goes out again (written again too: copies, as ClickHouse keeps them)."""
+        confirmed_before = self.store.checkpoint(self.share.partition)
+        if confirmed_before is None:
+            return
+        events = [e for e in self.store.events_since(confirmed_before - REPLAY_MARGIN) if self.share.owns(e.order.symbol)]
+        if events:
+            log.warning("%s: %d events recorded since %s published again (the last owner may not have)", self.share, len(events), confirmed_before)
+            self._hold(Batch(events=events))
+
+    def _checkpoint(self) -> None:
+        """How far this partition's events are confirmed by every sink: before the oldest held
+        or unconfirmed one (now, when there is none)."""
+        pending = [e.at for e in self.held.events] + [e.at for events, _ in self.unconfirmed.values() for e in events]
+        try:
+            self.store.record_checkpoint(self.share.partition, min(pending, default=datetime.now(UTC)), self.settings.instance)
+        except Exception as exc:  # the next one, in CHECKPOINT_INTERVAL, says the same or more
+            log.warning("%s: checkpoint not written: %s", self.share, exc)
+        self.wakeupAfter(CHECKPOINT_INTERVAL, payload=CHECKPOINT)
 
     def _take_over_leftovers(self) -> None:
         """Replay what a recorder before this one was handed but had not passed on."""
@@ -121,6 +155,12 @@ class Recorder(RoleActor):
         for batch_id, batch in sealed:
             self.store.record_events(batch.events)
             self.unconfirmed[batch_id] = (batch.events, set(SINKS))
+        # A recorder may die between writing a batch and telling the position keeper of its
+        # fills; a keeper that started with the tree loads them from ClickHouse instead.
+        fills = [e for _, batch in sealed for e in batch.events if e.fill is not None]
+        deals = [deal for _, batch in sealed for deal in batch.deals]
+        if (fills or deals) and self.peers.positions is not None:
+            self.send(self.peers.positions, FillsRecorded(fills, deals))
         self.held = unflushed
         if sealed or unflushed:
             log.warning("outbox: replaying %d sealed batches and %d unflushed items", len(sealed), len(unflushed))
@@ -230,6 +270,9 @@ class Recorder(RoleActor):
         if message.payload == ACKNOWLEDGE:
             self._send_acks()
             return
+        if message.payload == CHECKPOINT:
+            self._checkpoint()
+            return
         self.flush_scheduled = False
         self._flush()
 
@@ -250,12 +293,19 @@ class Recorder(RoleActor):
         self._answer_drain()
 
     def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
+        """Answered once what was handed over before it is in ClickHouse and confirmed by
+        every sink: a barrier, not "nothing held", which a tree still at work may never reach."""
         self.drain_asker = sender
+        self.drain_barrier = None
         self._flush()
         self._answer_drain()
 
     def _answer_drain(self) -> None:
-        if self.drain_asker is not None and not self.unconfirmed and not len(self.held):
+        if self.drain_asker is None:
+            return
+        if self.drain_barrier is None and not len(self.held):
+            self.drain_barrier = set(self.unconfirmed)  # what the drain waits for
+        if self.drain_barrier is not None and not self.drain_barrier & self.unconfirmed.keys():
             self.send(self.drain_asker, Drained("recorder"))
             self.drain_asker = None
 
@@ -301,6 +351,8 @@ class Recorder(RoleActor):
         position_events = [e for e in batch.events if e.fill is not None or e.kind is EventKind.MODIFIED]
         if position_events or batch.deals:
             self.send(self.peers.positions, FillsRecorded(position_events, batch.deals))
+        if self.drain_asker is not None and self.drain_barrier is None:
+            self.drain_barrier = set(self.unconfirmed)  # what was held when the drain came is written
 
     def _write(self, batch: Batch) -> None:
         """Write the batch; one ClickHouse refuses for good is written item by item, and the
@@ -338,7 +390,7 @@ class Recorder(RoleActor):
 
     def receiveMsg_LoadState(self, message: LoadState, sender: Any) -> None:
         window = timedelta(hours=message.idempotency_window_hours)
-        open_orders = [e.order for e in self.store.latest_snapshots(open_only=True)]
+        open_orders = [e.order for e in self.store.latest_snapshots(open_only=True) if message.share.owns(e.order.symbol)]
         self.send(sender, StateLoaded(self.store.signal_orders(window), open_orders, self.store.control()))
 
     def receiveMsg_RecordControl(self, message: RecordControl, sender: Any) -> None:

@@ -26,7 +26,7 @@ from actors.archiver import Archiver
 from actors.base import RoleActor
 from actors.gateway import BrokerGateway
 from actors.ingress import Ingress
-from model.order import TERMINAL, is_resting
+from model.order import TERMINAL, is_resting, needs_actor
 from actors.order import OrderActor
 from actors.positions import PositionKeeper
 from actors.recorder import Recorder
@@ -59,6 +59,7 @@ from messages.actor import (
     Recorded,
     Rehydrate,
     Rehydrated,
+    Release,
     Released,
     ShowOrder,
     SignalDeclined,
@@ -95,6 +96,7 @@ from model.exposure import Exposure, OpenPosition, PositionsView, closing_side
 from service import metrics
 from service.config import Settings
 from service.logs import Log
+from service.partitions import EVERYTHING
 
 log = Log(__name__)
 
@@ -112,6 +114,7 @@ STATUS_QUERY_CHUNK = 500
 EXPIRY_GRACE = timedelta(seconds=5)
 CLOSE_WAIT = timedelta(seconds=5)
 DEFERRED_CLOSES = "deferred closes"
+RELEASED_KEPT = timedelta(seconds=60)
 
 
 def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int, float] | None = None) -> Order:
@@ -188,6 +191,10 @@ class Supervisor(RoleActor):
         self.starter: Any = None
         # Orders whose actor died, as they were last assigned, until revived.
         self.reviving: dict[uuid.UUID, Order] = {}
+        # Orders an actor gave back lately: (the actor, the order as assigned, when). Its last
+        # events may still be queued in that actor's process on their way to the recorder: if
+        # it dies before they leave, the order is revived (the model decides them again).
+        self.released: dict[uuid.UUID, tuple[Any, Order, datetime]] = {}
         # Orders recovered at start and not yet confirmed with the broker.
         self.reconciling: set[uuid.UUID] = set()
         self.started_at = datetime.now(UTC)
@@ -210,20 +217,28 @@ class Supervisor(RoleActor):
         # Open orders rebuilt at start, and when the last of them was reconciled.
         self.recovered = 0
         self.reconciled_after_s: float | None = None
+        # What this tree serves: a partition, or everything (a single instance).
+        self.share = EVERYTHING
 
     # --- start-up ------------------------------------------------------------------------------
 
     def receiveMsg_Start(self, message: Start, sender: Any) -> None:
         self.settings: Settings = message.settings
+        self.share = message.share
         self.starter = sender
-        # Messages sent to an actor that died come here, to be passed to its successor.
-        self.handleDeadLetters()
+        # Messages sent to an actor that died come here, to be passed to its successor (one
+        # handler per actor system: a partition's tree hears of them from its coordinator).
+        if self.share.whole:
+            self.handleDeadLetters()
         self.peers = Peers(supervisor=self.myAddress, recorder=self.createActor(Recorder))
-        self.send(self.peers.recorder, Configure(self.settings, self.peers))
+        self._configure(self.peers.recorder)
+
+    def _configure(self, actor: Any) -> None:
+        self.send(actor, Configure(self.settings, self.peers, self.share))
 
     def receiveMsg_Ready(self, message: Ready, sender: Any) -> None:
         if message.role == "recorder" and self.peers.gateway is None:
-            self.send(self.peers.recorder, LoadState(self.settings.idempotency_window_hours))
+            self.send(self.peers.recorder, LoadState(self.settings.idempotency_window_hours, self.share))
         elif message.role in self.awaiting_ready:
             self.awaiting_ready.discard(message.role)
             if message.role == "gateway":
@@ -250,7 +265,7 @@ class Supervisor(RoleActor):
         self.send(self.peers.recorder, self.peers)
         self.awaiting_ready = set(SERVICE_ROLES)
         for role in SERVICE_ROLES:
-            self.send(created[role], Configure(self.settings, self.peers))
+            self._configure(created[role])
         for _ in range(self.settings.order_actor_pool):
             self.idle.append(self._new_order_actor())
         # Whatever happened while we were away, the broker knows: ask before anything else.
@@ -268,11 +283,11 @@ class Supervisor(RoleActor):
     def _start_ingress(self) -> None:
         self.peers = Peers(**{**_peer_fields(self.peers), "ingress": self.createActor(Ingress)})
         self._broadcast_peers()
-        self.send(self.peers.ingress, Configure(self.settings, self.peers))
+        self._configure(self.peers.ingress)
 
     def _new_order_actor(self) -> Any:
         actor = self.createActor(OrderActor)
-        self.send(actor, Configure(self.settings, self.peers))
+        self._configure(actor)
         self.pool_size += 1
         return actor
 
@@ -376,7 +391,8 @@ class Supervisor(RoleActor):
         order = message.order
         self._reconciled(order.order_id)
         self.active.pop(order.order_id, None)
-        self.active_orders.pop(order.order_id, None)
+        if (assigned := self.active_orders.pop(order.order_id, None)) is not None:
+            self.released[order.order_id] = (sender, assigned, datetime.now(UTC))
         if order.status in TERMINAL:
             self.exposure.ended(order, datetime.now(UTC))
         else:
@@ -429,6 +445,8 @@ class Supervisor(RoleActor):
         if order is None:
             log.error("broker news for an order never recorded here: %s", message.news)
             return
+        if message.news is None and order.status in TERMINAL and not needs_actor(order):
+            return  # a released order whose events did reach the recorder: nothing to revive
         self._assign(Assign(order, reconcile=True, news=message.news))
 
     # --- operator commands and tracing ----------------------------------------------------------------
@@ -645,6 +663,8 @@ class Supervisor(RoleActor):
         now = datetime.now(UTC)
         window = timedelta(hours=self.settings.idempotency_window_hours)
         self.known = {s: v for s, v in self.known.items() if now - v[2] <= window}
+        # By now a released order's events have long left its actor (or were resent).
+        self.released = {o: v for o, v in self.released.items() if now - v[2] <= RELEASED_KEPT}
         self.exposure.expire(now)
         for order in list(self.resting.values()):
             if order.expires_at is not None and order.expires_at + EXPIRY_GRACE < now:
@@ -674,7 +694,7 @@ class Supervisor(RoleActor):
                 metrics.ACTOR_RESTARTS.labels(role).inc()
                 self.retired.append((dead, role))
                 self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
-                self.send(getattr(self.peers, role), Configure(self.settings, self.peers))
+                self._configure(getattr(self.peers, role))
                 self._broadcast_peers()
                 return
         if not any(actor == dead for actor in [*self.idle, *self.active.values()]):
@@ -689,6 +709,11 @@ class Supervisor(RoleActor):
                 del self.active[order_id]
                 self.reviving[order_id] = self.active_orders.pop(order_id)
                 self.send(self.peers.recorder, Rehydrate(order_id))
+        for order_id, (actor, assigned, _) in list(self.released.items()):
+            if actor == dead and order_id not in self.active:
+                del self.released[order_id]
+                self.reviving[order_id] = assigned
+                self.send(self.peers.recorder, Rehydrate(order_id))
         while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
             self.idle.append(self._new_order_actor())
 
@@ -700,6 +725,8 @@ class Supervisor(RoleActor):
         self._child_died(message.deadAddress)
         role = next((role for address, role in self.retired if address == message.deadAddress), None)
         letter = message.deadMessage
+        if role is None and not self.share.whole:
+            return  # another partition's tree's letter: the coordinator tells every tree
         if isinstance(letter, Recorded):
             pass  # the recorder's answer to a process that died: its successor numbers its own
         elif role in ROLES:
@@ -714,6 +741,14 @@ class Supervisor(RoleActor):
             pass  # its order is being revived on another actor
         else:
             log.warning("undeliverable %s to %s", type(letter).__name__, message.deadAddress)
+
+    # --- a partition handed over ------------------------------------------------------------------------
+
+    def receiveMsg_Release(self, message: Release, sender: Any) -> None:
+        """Hand the partition over (its readers have stopped: the coordinator fenced the lease):
+        what is held is flushed, then Drained."""
+        log.warning("handing %s over: held writes are flushed", self.share)
+        self.receiveMsg_Drain(Drain(), sender)
 
     # --- shutdown -------------------------------------------------------------------------------------
 

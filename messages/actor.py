@@ -27,6 +27,7 @@ from messages.order import Fill, Order, OrderChange, OrderEvent, OrderStatusMess
 from messages.position import Position, PositionAlert
 from messages.signal import TradingSignal
 from service.config import Settings
+from service.partitions import EVERYTHING, Share
 
 
 
@@ -56,6 +57,8 @@ class Peers(msgspec.Struct, frozen=True, kw_only=True):
 
 class Start(msgspec.Struct, frozen=True):
     settings: Settings
+    # What this tree serves: one partition, or everything (a single instance).
+    share: Share = EVERYTHING
 
 
 class Started(msgspec.Struct, frozen=True):
@@ -64,9 +67,16 @@ class Started(msgspec.Struct, frozen=True):
     halt: TradingHalt | None = None
 
 
+class NotStarted(msgspec.Struct, frozen=True):
+    """The answer to Start when the service may not run as configured (the reason, one line)."""
+
+    reason: str
+
+
 class Configure(msgspec.Struct, frozen=True):
     settings: Settings
     peers: Peers
+    share: Share = EVERYTHING
 
 
 class Ready(msgspec.Struct, frozen=True):
@@ -79,6 +89,23 @@ class Drain(msgspec.Struct, frozen=True):
 
 class Drained(msgspec.Struct, frozen=True):
     role: str
+
+
+class FindTree(msgspec.Struct, frozen=True):
+    """To a coordinator: the supervisor of this partition's tree, if this instance serves it."""
+
+    partition: int
+
+
+class TreeFound(msgspec.Struct, frozen=True):
+    partition: int
+    supervisor: Any  # None: not served by this instance (or its tree is still starting)
+    holder: str | None  # the instance holding its lease, as the last round saw it
+
+
+class Release(msgspec.Struct, frozen=True):
+    """To a partition's supervisor, once its readers are fenced off: flush what is held, answer
+    Drained; the coordinator then stops the tree and hands the lease back."""
 
 
 class Watch(msgspec.Struct, frozen=True):
@@ -304,6 +331,9 @@ class PublishAlert(msgspec.Struct, frozen=True):
 
 class LoadState(msgspec.Struct, frozen=True):
     idempotency_window_hours: float
+    # Open orders of these symbols only; the known signals are all of them (a replay under
+    # another symbol is still a replay).
+    share: Share = EVERYTHING
 
 
 class StateLoaded(msgspec.Struct, frozen=True):

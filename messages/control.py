@@ -49,6 +49,20 @@ class ResumeTrading(msgspec.Struct, frozen=True):
     """To the supervisor: end the halt (none in force: nothing to do); answered with ControlAnswer."""
 
 
+# Where the instances that share the work tell one another of a halt or a resume.
+INSTANCE_CONTROL_SUBJECT = "execution.control"
+
+
+class InstanceControl(msgspec.Struct, frozen=True, kw_only=True):
+    """A halt (``halt`` true, with its reason) or a resume, from an operator on one instance,
+    for every other: its coordinator publishes it on INSTANCE_CONTROL_SUBJECT and each other
+    coordinator hands it to its trees (which record it, as an operator's own would be)."""
+
+    halt: bool
+    reason: str = ""
+    instance: str = ""
+
+
 class ControlAnswer(msgspec.Struct, frozen=True):
     """The control now in force; ``error`` if it could not be recorded (it is in force anyway,
     but a restart would not know it)."""
@@ -130,6 +144,17 @@ class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
     recovered_orders: int
     reconciling_orders: int
     reconciled_after_s: float | None
+
+
+class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One instance of several: the partitions it serves, each with its tree's status."""
+
+    instance: str
+    partitions: int
+    # partition -> its status; a partition taken but whose tree has not answered yet: None.
+    serving: dict[int, ServiceStatus | None]
+    # partition -> seconds from taking its lease to every order it rebuilt reconciled.
+    took_over_s: dict[int, float]
 
 
 class CheckServers(msgspec.Struct, frozen=True):

@@ -34,6 +34,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,8 +46,10 @@ from messages.actor import (
     CancelAnswer,
     CancelRequest,
     Directory,
+    FindTree,
     GetDirectory,
     GetHistory,
+    GetPeers,
     GetPositions,
     GetState,
     History,
@@ -54,17 +57,20 @@ from messages.actor import (
     ModifyCommand,
     OrderDirectoryEntry,
     OrderState,
+    Peers,
     Ping,
     Pong,
     PositionsSnapshot,
     Query,
     QueryResult,
     ShowOrder,
+    TreeFound,
 )
 from messages.enums import OrderStatus
 from messages.order import EventKind, Order, OrderChange, OrderEvent
 from messages.position import Position
 from service.config import Settings, load_settings
+from service.partitions import partition_of
 from system import Refused, admin_port_open, join, run
 
 ASK_TIMEOUT_S = 10.0
@@ -74,6 +80,7 @@ REPORT_SINCE = "24h"
 ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 # The orders whose order_id or signal_id starts with a prefix; order_events is the history
 # every order has, whatever its latest state is kept in.
+SYMBOL_SQL = "SELECT symbol FROM {db}.order_versions WHERE order_id = {{id:UUID}} LIMIT 1"
 RESOLVE_SQL = (
     "SELECT DISTINCT toString(order_id) FROM {db}.order_events "
     "WHERE startsWith(toString(order_id), {{prefix:String}}) OR startsWith(toString(signal_id), {{prefix:String}}) LIMIT 4"
@@ -150,7 +157,51 @@ class Client:
             if admin_port_open(port):
                 raise Refused(f"what is on admin port {port} does not answer as a running execution-service (starting or stopping?)")
             raise Refused(f"no execution-service is running on admin port {port}")
-        self.actor_system, self.supervisor, self.peers = joined
+        self.actor_system, root, peers = joined
+        # An instance that shares the work: its coordinator, and the tree of one partition it
+        # serves at a time (use), which the commands then talk to as to a single instance's.
+        self.coordinator = root if settings.partitions else None
+        self.supervisor, self.peers, self.partition = (root, peers, None) if self.coordinator is None else (None, Peers(), None)
+        if self.coordinator is not None and (served := self.served()):
+            self.use(served[0])
+
+    def served(self) -> list[int]:
+        """The partitions this instance serves now (those whose tree is up)."""
+        found = [self.ask(self.coordinator, FindTree(p), TreeFound) for p in range(self.settings.partitions)]
+        return [tree.partition for tree in found if tree.supervisor is not None]
+
+    def use(self, partition: int) -> None:
+        """Talk to the tree of this partition from now on."""
+        found = self.ask(self.coordinator, FindTree(partition), TreeFound)
+        if found.supervisor is None:
+            holder = f"instance {found.holder} serves it" if found.holder else "no instance serves it right now"
+            raise Refused(f"partition {partition} is not served by this instance ({self.settings.instance}): {holder}")
+        self.supervisor, self.partition = found.supervisor, partition
+        self.peers = self.ask(found.supervisor, GetPeers(), Peers)
+
+    def each_tree(self) -> Iterator[int | None]:
+        """Every tree of this instance in turn (None: a single instance's one tree)."""
+        if self.coordinator is None:
+            yield None
+            return
+        for partition in self.served():
+            self.use(partition)
+            yield partition
+
+    def use_order(self, order_id: uuid.UUID) -> None:
+        """Talk to the tree of the order's partition (the one its symbol maps to)."""
+        if self.coordinator is None:
+            return
+        result = self.ask(self.tree().recorder, Query(SYMBOL_SQL.format(db=self.settings.clickhouse_database), {"id": order_id}), QueryResult)
+        if result.error or not result.rows:
+            raise Refused(f"order {order_id} is not recorded yet: which partition it belongs to is not known")
+        self.use(partition_of(result.rows[0][0], self.settings.partitions))
+
+    def tree(self) -> Peers:
+        """The roles of the tree in use; Refused when this instance serves no partition."""
+        if self.supervisor is None:
+            raise Refused(f"this instance ({self.settings.instance}) serves no partition right now")
+        return self.peers
 
     def ask(self, target: Any, message: Any, kind: type[T]) -> T:
         answer = self.actor_system.ask(target, message, ASK_TIMEOUT_S)
@@ -166,7 +217,7 @@ class Client:
         if not ID_PREFIX.fullmatch(prefix):
             raise Refused(f"{key!r} is not an order_id or signal_id, nor the start of one")
         sql = RESOLVE_SQL.format(db=self.settings.clickhouse_database)
-        result = self.ask(self.peers.recorder, Query(sql, {"prefix": prefix}), QueryResult)
+        result = self.ask(self.tree().recorder, Query(sql, {"prefix": prefix}), QueryResult)
         if result.error:
             raise Refused(f"could not look {key} up: {one_line(result.error)}")
         matches = sorted(row[0] for row in result.rows)
@@ -179,9 +230,12 @@ class Client:
         raise Refused(f"no order_id or signal_id starts with {key}")
 
     def processes(self) -> list[Pong]:
-        directory = self.ask(self.supervisor, GetDirectory(), Directory)
-        roles = [self.supervisor, *(getattr(directory.peers, name) for name in directory.peers.__struct_fields__[1:])]
-        pongs = [self.actor_system.ask(address, Ping(), ASK_TIMEOUT_S) for address in [*roles, *directory.order_actors] if address is not None]
+        """Every actor: of the one tree, or the coordinator and each tree of this instance."""
+        roots = [] if self.coordinator is None else [self.coordinator]
+        for _ in self.each_tree():
+            directory = self.ask(self.supervisor, GetDirectory(), Directory)
+            roots += [self.supervisor, *(getattr(directory.peers, name) for name in directory.peers.__struct_fields__[1:]), *directory.order_actors]
+        pongs = [self.actor_system.ask(address, Ping(), ASK_TIMEOUT_S) for address in roots if address is not None]
         return [pong for pong in pongs if isinstance(pong, Pong)]
 
     def trace(self, key: uuid.UUID) -> OrderTrace:
@@ -348,22 +402,25 @@ def command(argv: list[str] | None) -> None:
         from service import operate
 
         client = Client(settings)
+        if args.command in ("show", "cancel", "modify"):
+            order_id = client.resolve(args.id)
+            client.use_order(order_id)
         if args.command == "show":
-            trace = client.trace(client.resolve(args.id))
+            trace = client.trace(order_id)
             print(operate.to_json(trace) if args.json else trace_text(trace))
         elif args.command == "cancel":
-            print(client.cancel(client.resolve(args.id), args.reason, args.wait))
+            print(client.cancel(order_id, args.reason, args.wait))
         elif args.command == "modify":
             change = OrderChange(request_id=uuid.uuid4(), price=args.price, stoplimit=args.stoplimit, sl=args.sl, tp=args.tp, expiration=args.expires)
-            print(client.modify(client.resolve(args.id), change, args.wait))
+            print(client.modify(order_id, change, args.wait))
         elif args.command == "positions":
-            snapshot = client.ask(client.peers.positions, GetPositions(), PositionsSnapshot)
-            print(operate.to_json(snapshot.positions) if args.json else positions_table(snapshot.positions))
+            positions = [p for _ in client.each_tree() for p in client.ask(client.tree().positions, GetPositions(), PositionsSnapshot).positions]
+            print(operate.to_json(positions) if args.json else positions_table(positions))
         elif args.command == "ps":
             pongs = client.processes()
             print(operate.to_json(pongs) if args.json else table(["role", "pid", "address", "doing"], [(p.role, p.pid, p.address, p.doing) for p in pongs]))
         elif args.command == "sql":
-            result = client.ask(client.peers.recorder, Query(args.query, dict(args.param)), QueryResult)
+            result = client.ask(client.tree().recorder, Query(args.query, dict(args.param)), QueryResult)
             if result.error:
                 raise Refused(one_line(result.error))
             print(operate.to_json({"columns": result.columns, "rows": result.rows}) if args.json else table(result.columns, result.rows))
@@ -379,7 +436,8 @@ def command(argv: list[str] | None) -> None:
         elif args.command == "report":
             from service import report as quality
 
-            built = quality.build(lambda query: client.ask(client.peers.recorder, query, QueryResult), args.since)
+            recorder = client.tree().recorder
+            built = quality.build(lambda query: client.ask(recorder, query, QueryResult), args.since)
             path = quality.write(built, Path(args.out or Path(settings.run_dir) / "report"))
             print(quality.to_json(built) if args.json else f"{quality.text(built)}\n\nreport: {path}")
 

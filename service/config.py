@@ -10,8 +10,10 @@ upper case (``EXEC_NATS_URL``, ``EXEC_CLICKHOUSE_DSN``, ...). A secret (``nats_p
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -46,6 +48,15 @@ class Settings(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     archive_topic: str = "order_execution_archive"
     archive_partitions: int = 6
     admin_port: int = 19500
+    # Sharing the work between instances (service.partitions, service.leases). 0: this instance
+    # serves every signal alone. N >= 1: signals and broker news are split into N partitions by
+    # symbol; each is served by one instance at a time, the one holding its lease, and another
+    # takes it over within about lease_ttl_s + a start when that one dies. Every instance must
+    # use the same N, its own instance_id and admin port, and one shared ClickHouse server.
+    partitions: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 0
+    # Empty: <host name>-<admin port>, which a restarted instance keeps.
+    instance_id: str = ""
+    lease_ttl_s: Annotated[float, msgspec.Meta(ge=1.0)] = 5.0
     # The Prometheus endpoint the launcher serves (service.metrics); 0: none.
     metrics_port: int = 9464
     # The JetStream streams are named {prefix}_SIGNALS, _ORDERS, _BROKER, _DEADLETTER. Their
@@ -91,6 +102,10 @@ class Settings(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             max_symbol_exposure=self.max_symbol_exposure,
             min_expiry_s=self.min_expiry_s,
         )
+
+    @property
+    def instance(self) -> str:
+        return self.instance_id or f"{socket.gethostname()}-{self.admin_port}"
 
     @property
     def dsn(self) -> str:

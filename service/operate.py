@@ -23,6 +23,7 @@ from messages.control import (
     GetLag,
     GetStatus,
     HaltTrading,
+    InstanceControl,
     ResumeTrading,
     ServersChecked,
     ServiceStatus,
@@ -48,38 +49,56 @@ def describe(halt: TradingHalt) -> str:
 
 
 def halt(client: Client, reason: str, cancel_resting: bool, flatten: bool, wait_s: float) -> str:
-    """Halt (a halt in force is kept), then cancel the working orders and close the positions
-    if asked, following each order until it ends."""
+    """Halt every tree of this service (a halt in force is kept), then cancel the working
+    orders and close the positions if asked, following each order until it ends. An instance
+    that shares the work halts its own partitions and tells the other instances to halt theirs
+    (their working orders and positions are theirs to cancel and close: run it there too)."""
+    done = [_halt_tree(client, reason, cancel_resting, flatten, wait_s) for _ in client.each_tree()]
+    if client.coordinator is not None:
+        client.actor_system.tell(client.coordinator, InstanceControl(halt=True, reason=reason))
+        done.append("the other instances told to halt")
+    return "; ".join(done)
+
+
+def _halt_tree(client: Client, reason: str, cancel_resting: bool, flatten: bool, wait_s: float) -> str:
+    where = f"partition {client.partition}: " if client.partition is not None else ""
     answer = client.ask(client.supervisor, HaltTrading(reason), ControlAnswer)
     if answer.error is not None or answer.halt is None:
-        raise Refused(f"trading is halted, but the halt could not be recorded (a restart would forget it): {answer.error}")
-    print(f"trading {'halted' if answer.changed else 'was already halted'} {describe(answer.halt)}", flush=True)
+        raise Refused(f"{where}trading is halted, but the halt could not be recorded (a restart would forget it): {answer.error}")
+    print(f"{where}trading {'halted' if answer.changed else 'was already halted'} {describe(answer.halt)}", flush=True)
     problems: list[str] = []
     done = []
     if cancel_resting:
         sent = client.ask(client.supervisor, CancelResting(f"halt: {reason}"), CancelsSent)
-        print(f"cancelling {len(sent.order_ids)} working orders...", flush=True)
+        print(f"{where}cancelling {len(sent.order_ids)} working orders...", flush=True)
         problems += follow(client, sent.order_ids, OrderStatus.CANCELLED, wait_s)
         done.append(f"{len(sent.order_ids)} working orders cancelled")
     if flatten:
         closing = client.ask(client.supervisor, Flatten(), Flattening)
         if closing.error is not None:
-            raise Refused(f"flatten refused: {closing.error}")
-        print(f"closing {len(closing.order_ids)} open positions at market...", flush=True)
+            raise Refused(f"{where}flatten refused: {closing.error}")
+        print(f"{where}closing {len(closing.order_ids)} open positions at market...", flush=True)
         problems += closing.not_closed
         problems += follow(client, closing.order_ids, OrderStatus.FILLED, wait_s)
         done.append(f"{len(closing.order_ids)} positions closed")
     if problems:
-        raise Refused(f"trading is halted, but: {'; '.join(problems)}")
-    return "; ".join(["trading halted", *done])
+        raise Refused(f"{where}trading is halted, but: {'; '.join(problems)}")
+    return where + "; ".join(["trading halted", *done])
 
 
 def resume(client: Client) -> str:
     """Accepted when not halted too: what the operator wants, trading, is what there is."""
-    answer = client.ask(client.supervisor, ResumeTrading(), ControlAnswer)
-    if answer.error is not None:
-        raise Refused(f"trading is resumed, but the resume could not be recorded (a restart would halt again): {answer.error}")
-    return "trading resumed" if answer.changed else "trading was not halted: nothing to resume"
+    done = []
+    for _ in client.each_tree():
+        where = f"partition {client.partition}: " if client.partition is not None else ""
+        answer = client.ask(client.supervisor, ResumeTrading(), ControlAnswer)
+        if answer.error is not None:
+            raise Refused(f"{where}trading is resumed, but the resume could not be recorded (a restart would halt again): {answer.error}")
+        done.append(where + ("trading resumed" if answer.changed else "trading was not halted: nothing to resume"))
+    if client.coordinator is not None:
+        client.actor_system.tell(client.coordinator, InstanceControl(halt=False))
+        done.append("the other instances told to resume")
+    return "; ".join(done)
 
 
 def follow(client: Client, order_ids: list[uuid.UUID], wanted: OrderStatus, wait_s: float) -> list[str]:
@@ -143,7 +162,27 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     servers: list[ServerHealth]
 
 
-def status(client: Client) -> Health:
+class InstanceHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """``status`` of an instance that shares the work: each partition it serves, as a tree's."""
+
+    healthy: bool
+    problems: list[str]
+    instance: str
+    partitions: int
+    serving: dict[int, Health]
+
+
+def status(client: Client) -> Health | InstanceHealth:
+    if client.coordinator is None:
+        return tree_status(client)
+    serving = {partition: tree_status(client) for partition in client.each_tree() if partition is not None}
+    problems = [f"partition {partition}: {problem}" for partition, health in serving.items() for problem in health.problems]
+    return InstanceHealth(
+        healthy=not problems, problems=problems, instance=client.settings.instance, partitions=client.settings.partitions, serving=serving
+    )
+
+
+def tree_status(client: Client) -> Health:
     directory = client.ask(client.supervisor, GetDirectory(), Directory)
     roles = {"supervisor": client.supervisor} | {role: getattr(directory.peers, role) for role in ROLES}
     asks: list[tuple[Any, Any]] = [(address, Ping()) for address in roles.values() if address is not None]
@@ -205,7 +244,14 @@ def gather(client: Client, asks: list[tuple[Any, Any]], timeout_s: float) -> lis
     return answers
 
 
-def status_text(health: Health) -> str:
+def status_text(health: Health | InstanceHealth) -> str:
+    if isinstance(health, InstanceHealth):
+        served = ", ".join(str(p) for p in sorted(health.serving)) or "none right now"
+        head = [
+            f"instance   {health.instance}: serves partitions {served} of {health.partitions}",
+            f"health     {'ok' if health.healthy else 'UNHEALTHY: ' + '; '.join(health.problems)}",
+        ]
+        return "\n\n".join(["\n".join(head), *(f"--- partition {p}\n{status_text(h)}" for p, h in sorted(health.serving.items()))])
     trading = f"HALTED {describe(health.halt)}" if health.halt else "running"
     if health.reconciled_after_s is not None:
         recovery = f"all reconciled with the broker {health.reconciled_after_s:.2f}s after the state was loaded"

@@ -86,3 +86,31 @@ def die_with_parent(signum: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
     if os.getppid() != parent:  # it died before the call
         os.kill(os.getpid(), signum)
+
+
+class Members:
+    """The processes of one group (a partition's actor tree), each registered by itself in a
+    folder of its own as ``<pid>-<start time>``, so that the group can be killed at once
+    whatever its mailboxes hold: an actor exits only once it reaches its exit request."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def join(self) -> None:
+        """The calling process joins."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"{os.getpid()}-{own_start()}").touch()
+
+    def kill(self) -> int:
+        """SIGKILL every member still running (a pid reused since is left alone); how many."""
+        killed = 0
+        for entry in self.folder.glob("*-*") if self.folder.exists() else []:
+            pid, _, start = entry.name.partition("-")
+            if pid.isdigit() and start.isdigit() and started_at(int(pid)) == int(start) and int(pid) != os.getpid():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed += 1
+            entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+        return killed

@@ -136,6 +136,20 @@ CREATE TABLE IF NOT EXISTS {db}.execution_control
 ENGINE = MergeTree
 ORDER BY version;
 
+-- Instances that share the work (partitions): how far each partition's events are confirmed by
+-- every sink (Kafka, NATS). The instance that takes a partition over publishes again whatever
+-- was recorded after the last of these, which its previous owner may not have got out.
+CREATE TABLE IF NOT EXISTS {db}.partition_checkpoints
+(
+    partition UInt16,
+    confirmed_before DateTime64(3, 'UTC'),
+    instance String,
+    at DateTime64(3, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (partition, at)
+TTL toDateTime(at) + INTERVAL 7 DAY;
+
 -- What other services read, under upstream's names (docs/table_database_trading.md): one row
 -- per order, execution and position for a plain query (no FINAL, no argMax), upstream's
 -- columns with upstream's types in upstream's order, then ours.

@@ -276,6 +276,30 @@ class Store:
         halt = TradingHalt(halt_id=halt_id, reason=reason, since=since) if halted else None
         return ControlRecord(version=version, halt=halt, at=at)
 
+    def record_checkpoint(self, partition: int, confirmed_before: datetime, instance: str) -> None:
+        self._insert(
+            "partition_checkpoints",
+            [[partition, confirmed_before, instance, datetime.now(UTC)]],
+            ["partition", "confirmed_before", "instance", "at"],
+        )
+
+    def checkpoint(self, partition: int) -> datetime | None:
+        """Before when every event of the partition was confirmed by the sinks, as its last
+        owner last wrote it (None: never served by an instance that shares the work)."""
+        rows = self.client.query(
+            f"SELECT confirmed_before FROM {self.database}.partition_checkpoints "
+            "WHERE partition = {p:UInt16} ORDER BY at DESC LIMIT 1",
+            parameters={"p": partition},
+        ).result_rows
+        return rows[0][0] if rows else None
+
+    def events_since(self, since: datetime) -> list[OrderEvent]:
+        rows = self.client.query(
+            f"SELECT payload FROM {self.database}.order_events FINAL WHERE at >= {{since:DateTime64(3, 'UTC')}} ORDER BY order_id, seq",
+            parameters={"since": since},
+        ).result_rows
+        return [msgspec.json.decode(row[0], type=OrderEvent) for row in rows]
+
     def read_only(self, sql: str, parameters: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
         """(columns, rows) of one statement, run read-only, in the service's database by default.
         Parameters bind as clickhouse-connect binds them: ``{name:Type}`` or ``%(name)s``."""

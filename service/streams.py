@@ -12,13 +12,14 @@ from __future__ import annotations
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import NotFoundError
 
 from messages.order import SIGNAL_ALERT_SUBJECT
 from service.config import Settings
 from service.credentials import redact_url
 from service.logs import Log
+from service.partitions import broker_transform, signal_transform
 
 log = Log(__name__)
 
@@ -36,12 +37,25 @@ SIGNAL_SUBJECTS = ("signals.approved.>", BARE_SIGNAL_SUBJECT)
 MAX_SIGNAL_MESSAGE_BYTES = 1024 * 1024
 
 
+class StreamMismatch(Exception):
+    """A stream is set up for another way of sharing the work than this instance's."""
+
+
 def stream_configs(settings: Settings) -> list[StreamConfig]:
-    """The streams, by name and subjects; names carry the prefix so test runs do not collide."""
+    """The streams, by name and subjects; names carry the prefix so test runs do not collide.
+    With partitions, signals and broker news are stored under their partition (service.partitions)."""
     p = settings.stream_prefix
     orders_window = settings.idempotency_window_hours * 3600.0
+    n = settings.partitions
 
-    def cfg(suffix: str, subjects: list[str], window: float, description: str, max_msg_size: int | None = None) -> StreamConfig:
+    def cfg(
+        suffix: str,
+        subjects: list[str],
+        window: float,
+        description: str,
+        max_msg_size: int | None = None,
+        transform: SubjectTransform | None = None,
+    ) -> StreamConfig:
         return StreamConfig(
             name=f"{p}_{suffix}",
             description=description,
@@ -51,15 +65,16 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_age=max(_MAX_AGE_S, window),
             duplicate_window=window,
             max_msg_size=max_msg_size,
+            subject_transform=transform,
         )
 
     return [
         cfg("SIGNALS", list(SIGNAL_SUBJECTS), _DEFAULT_DUPLICATE_WINDOW_S,
-            "risk-approved signals waiting to be executed", MAX_SIGNAL_MESSAGE_BYTES),
+            "risk-approved signals waiting to be executed", MAX_SIGNAL_MESSAGE_BYTES, signal_transform(n) if n else None),
         cfg("ORDERS", ["orders.>"], orders_window,
             "order requests and status; deduplicated by Nats-Msg-Id = order_id"),
         cfg("BROKER", ["broker.>"], _DEFAULT_DUPLICATE_WINDOW_S,
-            "fills, errors and reports from mt5-connector"),
+            "fills, errors and reports from mt5-connector", transform=broker_transform(n) if n else None),
         cfg("DEADLETTER", [settings.dead_letter_subject, SIGNAL_ALERT_SUBJECT], _DEFAULT_DUPLICATE_WINDOW_S,
             "rejected input with the reason, and alerts about input"),
     ]
@@ -69,14 +84,27 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
     """Create each stream, or update it to the configuration above; safe to run every start."""
     for config in stream_configs(settings):
         try:
-            await js.stream_info(config.name)
+            info = await js.stream_info(config.name)
         except NotFoundError:
-            await js.add_stream(config)
+            info = await js.add_stream(config)
             log.info("created JetStream stream %s on %s", config.name, config.subjects)
         else:
+            if (existing := info.config.subject_transform) is not None and existing != config.subject_transform:
+                # Instances that split the work differently would each take what is not theirs.
+                raise StreamMismatch(
+                    f"stream {config.name} stores its messages as {existing.dest}, but this instance is configured "
+                    f"with partitions = {settings.partitions}: every instance must use the same number "
+                    f"(change it on the stream first, with every instance stopped)"
+                )
             # Idempotent on the server when nothing changed; refuses immutable changes
             # (e.g. storage type) loudly, which is what we want.
-            await js.update_stream(config)
+            info = await js.update_stream(config)
+        if info.config.subject_transform != config.subject_transform:
+            # A server before 2.10 ignores the transform: every instance would read everything.
+            raise StreamMismatch(
+                f"the NATS server did not keep the partition mapping of stream {config.name}: "
+                "partitions need nats-server 2.10 or later"
+            )
 
 
 async def connect_nats(settings: Settings, name: str = "execution-service") -> tuple[Client, JetStreamContext]:

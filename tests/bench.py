@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -38,12 +39,14 @@ from typing import Any
 import msgspec
 import nats
 from aiokafka import AIOKafkaConsumer
+from cluster import Cluster
 from harness import KafkaServer, RunningSystem, signal, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from messages.actor import Directory, GetDirectory, Ping, Pong
 from messages.order import order_id_for
 from messages.symbols import SYMBOLS
+from service.partitions import partition_of
 from system import admin_port_open, session_members, wait_gone
 
 FX = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF", "EURJPY"]
@@ -102,7 +105,7 @@ def percentiles(samples_ms: Iterable[float]) -> dict[str, float]:
 class Watch:
     """Arrival times (perf_counter) of what the service and the broker publish, per order."""
 
-    def __init__(self, system: RunningSystem) -> None:
+    def __init__(self, system: RunningSystem | Cluster) -> None:
         self.system = system
         self.loop = system.probe.loop
         self.sent: dict[str, float] = {}
@@ -455,7 +458,7 @@ def capacity_and_recovery(system: RunningSystem, target: int, recoveries: int) -
 
 
 async def publish_steadily(
-    system: RunningSystem, signals: list[dict[str, Any]], rate: float, note: Callable[[dict[str, Any]], None] | None = None
+    system: RunningSystem | Cluster, signals: list[dict[str, Any]], rate: float, note: Callable[[dict[str, Any]], None] | None = None
 ) -> float:
     start = time.perf_counter()
     for i, payload in enumerate(signals):
@@ -465,6 +468,85 @@ async def publish_steadily(
             note(payload)
         await system.probe.js.publish(f"signals.approved.{payload['symbol']}", msgspec.json.encode(payload))
     return time.perf_counter() - start
+
+
+# --- several instances -------------------------------------------------------------------------
+
+INSTANCE_PARTITIONS = 3
+INSTANCE_LOADS = {"full": {"rate": 50, "seconds": 30}, "quick": {"rate": 50, "seconds": 15}, "smoke": {"rate": 20, "seconds": 4}}
+
+
+def spread_signals(cluster: Cluster, count: int) -> list[dict[str, Any]]:
+    """Market orders spread evenly over the partitions (two symbols of each)."""
+    by_partition = {p: [s for s in SYMBOLS if partition_of(s, INSTANCE_PARTITIONS) == p][:2] for p in range(INSTANCE_PARTITIONS)}
+    symbols = [s for pair in zip(*by_partition.values(), strict=False) for s in pair]
+    quotes = cluster.control().quotes
+    return [
+        signal(s, "buy" if i % 2 else "sell", 0.01, quotes[s].ask if i % 2 else quotes[s].bid)
+        for i, s in ((i, symbols[i % len(symbols)]) for i in range(count))
+    ]
+
+
+def instances(mode: str, log_level: str, counts: Iterable[int] = (1, 2, 3)) -> dict[str, Any]:
+    """The same load through 1, 2 and 3 instances sharing three partitions (and one ClickHouse
+    server, the HTTP front): throughput, latency and CPU per order. On two cores the point is
+    that the cost per order does not grow and nothing is lost, not a speed-up."""
+    load = INSTANCE_LOADS[mode]
+    base = Path(tempfile.mkdtemp(prefix="bench-instances-"))
+    kafka = KafkaServer(base / "kafka")
+    runs = []
+    try:
+        for count in counts:
+            print(f"{count} instance(s), {INSTANCE_PARTITIONS} partitions: {load['rate']}/s for {load['seconds']}s", flush=True)
+            cluster = Cluster(
+                base / f"x{count}", kafka.bootstrap, count, INSTANCE_PARTITIONS,
+                sim_env={"SIM_TICK_MS": "0", "SIM_BALANCE": "1000000000", "SIM_LOG_LEVEL": "WARNING"},
+                reconcile_interval_s=3600, log_level=log_level, order_actor_pool=4, max_symbol_exposure=1e9,
+            )  # fmt: skip
+            try:
+                wait_until(cluster.all_served_and_reconciled, 120, 0.5, "every partition to be served")
+                watch = Watch(cluster)
+                warm = spread_signals(cluster, 30)
+                watch.publish(warm, 30)
+                settle(watch, [str(order_id_for(uuid.UUID(s["signal_id"]))) for s in warm])
+                pids = [pid for instance in cluster.instances for session in instance.sessions for pid in session_members(session)]
+                before = cpu_seconds(pids)
+                batch = spread_signals(cluster, load["rate"] * load["seconds"])
+                ids = [str(order_id_for(uuid.UUID(s["signal_id"]))) for s in batch]
+                watch.publish(batch, load["rate"])
+                with contextlib.suppress(AssertionError):  # a loaded machine falls behind: counts say how far
+                    settle(watch, ids, timeout_s=180)
+                cpu = cpu_seconds(pids) - before
+                done = [i for i in ids if i in watch.archived]
+                elapsed = max((watch.archived[i] for i in done), default=0.0) - min(watch.sent[i] for i in ids)
+                runs.append({
+                    "instances": count,
+                    "processes": len(pids),
+                    "offered_per_s": load["rate"],
+                    "achieved_per_s": round(len(done) / max(elapsed, 1e-9), 1),
+                    "signal_to_filled_ms": percentiles(watch.between(watch.sent, watch.filled, ids)),
+                    "cpu_s_per_1000_orders": round(cpu / len(ids) * 1000, 2),
+                    "counts": count_through(watch, ids),
+                })  # fmt: skip
+                print(f"  {runs[-1]['achieved_per_s']}/s through, {runs[-1]['cpu_s_per_1000_orders']} CPU s per 1,000, {runs[-1]['counts']}", flush=True)
+            finally:
+                cluster.close()
+    finally:
+        kafka.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return {"partitions": INSTANCE_PARTITIONS, "runs": runs}
+
+
+def instances_table(result: dict[str, Any]) -> str:
+    from service.cli import table as render
+
+    rows = [
+        (r["instances"], r["processes"], f"{r['offered_per_s']}/s", f"{r['achieved_per_s']}/s",
+         f"{r['signal_to_filled_ms'].get('p50')} / {r['signal_to_filled_ms'].get('p99')}", r["cpu_s_per_1000_orders"],
+         r["counts"]["offered"] - r["counts"]["archived"])
+        for r in result["runs"]
+    ]  # fmt: skip
+    return render(["instances", "processes", "offered", "through all sinks", "signal->filled p50 / p99 ms", "CPU s / 1,000", "lost"], rows)
 
 
 def probe_publish(system: RunningSystem, signals: list[dict[str, Any]], rate: float) -> None:
@@ -513,8 +595,16 @@ if __name__ == "__main__":
     parser.add_argument("--steady-seconds", type=int, help="the 100/s phase's length (the mode's otherwise)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--log-level", default="INFO", help="the service's log level (INFO logs every order event)")
+    parser.add_argument("--instances", action="store_true", help="only the run with 1, 2 and 3 instances sharing the work")
     args = parser.parse_args()
     chosen = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.instances:
+        shared = instances(chosen, args.log_level)
+        args.json.write_text(json.dumps({"when": datetime.now(UTC).isoformat(), "mode": chosen, "cpus": os.cpu_count(), "instances": shared}, indent=2))
+        print()
+        print(instances_table(shared))
+        print(f"\nJSON: {args.json}")
+        sys.exit(0 if all(r["counts"]["archived"] == r["counts"]["offered"] for r in shared["runs"]) else 1)
     if args.steady_seconds:
         MODES[chosen]["steady_s"] = args.steady_seconds
     outcome = run(chosen, args.json, args.log_level, args.profile)

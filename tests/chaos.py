@@ -3,10 +3,12 @@ killed and servers stopped at points chosen by a seed, then the eight invariants
 
 Used by tests/test_fault_injection.py (CI) and, for a longer soak, from the command line:
     .venv/bin/python tests/chaos.py --soak [--seed N] [--signals 2000] [--scenario NAME]
+    .venv/bin/python tests/chaos.py --scenario instances_killed   (three instances sharing the work)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -20,16 +22,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from signal import SIGKILL
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
-from harness import KafkaServer, RunningSystem, signal, wait_until
+from cluster import Cluster
+from harness import KafkaServer, NatsProbe, RunningSystem, signal, wait_until
 
 from messages import broker as wire
 from messages.actor import CancelOrder, Directory, GetDirectory, Ping, Pong, StoreOutage
 from messages.codec import decode, encode
-from messages.order import order_id_for
+from messages.order import OrderEvent, order_id_for
 from messages.symbols import SYMBOLS
+from simulator.control import SimStatus
 from system import wait_gone
 
 SYMBOL_CHOICES = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "XAUUSD"]
@@ -95,6 +99,17 @@ def make_signal(rng: random.Random, quotes: dict[str, Any]) -> tuple[bool, dict[
     if kind == "not_approved":
         return False, signal(symbol, side, volume, r(touch), risk_approval_status=rng.choice(["pending", "rejected"]))
     return False, signal(symbol, "hold", volume, r(touch))
+
+
+def send_batch(system: Observed, rng: random.Random, load: Load, count: int) -> None:
+    """``count`` signals at the current quotes, then the market moves: pending orders trigger, SL/TP hit."""
+    quotes = system.control().quotes
+    for _ in range(count):
+        approved, payload = make_signal(rng, quotes)
+        (load.approved if approved else load.refused).append(payload)
+        system.send(payload)
+    system.control(step=rng.randint(5, 25))
+    time.sleep(0.2)
 
 
 # --- faults ------------------------------------------------------------------------------------
@@ -305,7 +320,21 @@ class KafkaOutage:
 # --- the invariants -----------------------------------------------------------------------------
 
 
-def read_stream(system: RunningSystem, subject: str) -> list[tuple[str, dict[str, Any]]]:
+class Observed(Protocol):
+    """What the load and the invariants need of a system: one instance or several."""
+
+    probe: NatsProbe
+
+    def query(self, sql: str, **parameters: Any) -> list[tuple[Any, ...]]: ...
+
+    def archive(self, idle_s: float = 1.5) -> list[OrderEvent]: ...
+
+    def control(self, **switches: Any) -> SimStatus: ...
+
+    def send(self, payload: dict[str, Any]) -> uuid.UUID | None: ...
+
+
+def read_stream(system: Observed, subject: str) -> list[tuple[str, dict[str, Any]]]:
     """Every message JetStream holds on ``subject`` (what NATS carried, outages included)."""
 
     async def read() -> list[tuple[str, dict[str, Any]]]:
@@ -323,11 +352,11 @@ def read_stream(system: RunningSystem, subject: str) -> list[tuple[str, dict[str
     return system.probe._run(read(), 120)
 
 
-def broker_request(system: RunningSystem, subject: str, payload: msgspec.Struct, kind: type[Any]) -> Any:
+def broker_request(system: Observed, subject: str, payload: msgspec.Struct, kind: type[Any]) -> Any:
     return decode(system.probe.request(subject, encode(payload), 10), kind)
 
 
-def check_invariants(system: RunningSystem, load: Load, started: datetime) -> dict[str, str]:
+def check_invariants(system: Observed, load: Load, started: datetime) -> dict[str, str]:
     """Each invariant -> 'ok' or what is wrong."""
     results: dict[str, str] = {}
     order_ids = load.order_ids()
@@ -503,13 +532,7 @@ def run_scenario(
             if batch in schedule:
                 injected.append(schedule[batch](system, rng, load))
                 last_fault = time.monotonic()
-            quotes = system.control().quotes
-            for _ in range(per_batch):
-                approved, payload = make_signal(rng, quotes)
-                (load.approved if approved else load.refused).append(payload)
-                system.send(payload)
-            system.control(step=rng.randint(5, 25))  # prices move: pending orders trigger, SL/TP hit
-            time.sleep(0.2)
+            send_batch(system, rng, load, per_batch)
         for fault in faults[len(fault_at):]:  # more faults than gaps: the rest go at the end
             injected.append(fault(system, rng, load))
             last_fault = time.monotonic()
@@ -538,6 +561,113 @@ def run_scenario(
         return Outcome(name, seed, injected, len(load.approved), fills, results, recovery)
     finally:
         system.close()
+
+
+# --- several instances ----------------------------------------------------------------------------
+
+INSTANCES = 3
+PARTITIONS = 3  # with these, SYMBOL_CHOICES fall into every partition
+TAKEOVER_TIMEOUT_S = 120.0
+
+
+class SteadyLoad(threading.Thread):
+    """Signals at a steady pace, from a thread, while the main thread kills and restarts."""
+
+    def __init__(self, system: Observed, rng: random.Random, load: Load, per_batch: int = 1) -> None:
+        super().__init__(daemon=True)
+        self.system, self.rng, self.load, self.per_batch = system, rng, load, per_batch
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                send_batch(self.system, self.rng, self.load, self.per_batch)
+        except BaseException as exc:  # reported by stop()
+            self.failure = exc
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+        if self.failure is not None:
+            raise self.failure
+
+
+def kill_busiest(cluster: Cluster) -> tuple[str, float]:
+    """SIGKILL the running instance serving the most partitions; what was done and how long
+    from the kill until every partition was served again with every order it rebuilt reconciled."""
+    serving = cluster.serving()
+    victim = max(cluster.running(), key=lambda i: (sum(1 for name, _ in serving.values() if name == i.name), i.name))
+    partitions = sorted(p for p, (name, _) in serving.items() if name == victim.name)
+    killed_at = victim.kill()
+    try:
+        now = wait_until(cluster.all_served_and_reconciled, TAKEOVER_TIMEOUT_S, 0.2, f"the partitions of {victim.name} to be taken over")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; serving now: {cluster.serving()}") from None
+    took = time.monotonic() - killed_at
+    moved = ", ".join(f"{p}->{now[p]}" for p in partitions)
+    return f"SIGKILL {victim.name} (partitions {moved}): all reconciled {took:.1f}s after", took
+
+
+def run_instances_scenario(tmp: Path, kafka_bootstrap: str, seed: int, phase_s: float = 6.0, settle_timeout_s: float = 120.0) -> Outcome:
+    """Three instances share three partitions under a steady load: one is SIGKILLed, then a
+    second (the last serves everything), then both come back and the work is shared again."""
+    name = "instances_killed"
+    rng = random.Random(f"{seed}:{name}")
+    print(f"\n[chaos] scenario {name}: seed {seed}", flush=True)
+    cluster = Cluster(
+        tmp, kafka_bootstrap, INSTANCES, PARTITIONS,
+        sim_env={"SIM_SEED": str(seed), "SIM_BALANCE": "100000000", "SIM_TICK_MS": "0"},
+        broker_timeout_s=1.0, reconcile_interval_s=2.0, order_actor_pool=2, max_symbol_exposure=1e6,
+        log_level="WARNING",  # nine trees on two cores: a log line per order event is a load of its own
+    )  # fmt: skip
+    started = datetime.now(UTC)
+    load = Load()
+    injected: list[str] = []
+    try:
+        wait_until(cluster.all_served_and_reconciled, TAKEOVER_TIMEOUT_S, 0.5, "every partition to be served")
+        steady = SteadyLoad(cluster, rng, load)
+        steady.start()
+        time.sleep(phase_s)
+        first, first_s = kill_busiest(cluster)
+        time.sleep(phase_s)
+        second, second_s = kill_busiest(cluster)
+        injected += [first, second]
+        time.sleep(phase_s)
+        back_at = time.monotonic()
+        dead = [instance for instance in cluster.instances if instance.launcher is None]
+        for instance in dead:
+            instance.start()
+        for instance in dead:
+            wait_until(instance.joined, TAKEOVER_TIMEOUT_S, 0.2, f"instance {instance.name} to join again")
+
+        def shared_again() -> bool:
+            owners = [name for name, _ in cluster.serving().values()]
+            return sorted(owners) == sorted(i.name for i in cluster.instances)
+
+        try:
+            wait_until(shared_again, TAKEOVER_TIMEOUT_S, 0.5, "the work to be shared by all instances again")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; serving now: {cluster.serving()}") from None
+        injected.append(f"{' and '.join(i.name for i in dead)} restarted: one partition each again {time.monotonic() - back_at:.1f}s later")
+        time.sleep(phase_s / 2)
+        steady.stop()
+        results: dict[str, str] = {}
+
+        def converged() -> bool:
+            nonlocal results
+            try:
+                results = check_invariants(cluster, load, started)
+            except Exception as exc:
+                results = {"checking": f"FAILED: {exc!r}"}
+            return all(v.startswith("ok") for v in results.values())
+
+        with contextlib.suppress(AssertionError):
+            wait_until(converged, settle_timeout_s, 2.0, "the invariants")
+        fills = int(cluster.query("SELECT count() FROM suho_analytics.executions")[0][0])
+        return Outcome(name, seed, injected, len(load.approved), fills, results, max(first_s, second_s))
+    finally:
+        cluster.close()
 
 
 # What the pytest run collected, for its closing summary (conftest.py prints it).
@@ -595,6 +725,8 @@ if __name__ == "__main__":
             count = args.signals * (5 if args.soak else 1)
             outcomes.append(run_scenario(name, base / name, bootstrap, args.seed, faults * (2 if args.soak else 1), count,
                                          kafka_outage=kafka if name == "kafka_outage" else None))  # fmt: skip
+        if args.scenario and "instances_killed" in args.scenario:  # not in CI yet: see README, Several instances
+            outcomes.append(run_instances_scenario(base / "instances_killed", bootstrap, args.seed))
     finally:
         if kafka is not None:
             kafka.stop()

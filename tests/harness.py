@@ -237,24 +237,7 @@ class RunningSystem:
     # --- processes ------------------------------------------------------------------------------
 
     def start_simulator(self) -> None:
-        env = {
-            **os.environ,
-            **self.settings.nats_environment(),
-            "SIM_TICK_MS": "0",
-            "SIM_SEED": "7",
-            "SIM_STATE_FILE": str(self.tmp / "sim-state.json"),
-            **self.sim_env,
-        }
-        log = open(self.logs / "simulator.log", "ab")
-        self.sim = subprocess.Popen([sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        wait_until(self._simulator_answers, 20, 0.1, "the simulator to answer")
-
-    def _simulator_answers(self) -> bool:
-        try:
-            self.probe.request(CONTROL_SUBJECT, encode(SimControl()), 1.0)
-            return True
-        except Exception:
-            return False
+        self.sim = start_simulator(self.settings, self.tmp, self.logs, self.probe, self.sim_env)
 
     def stop_simulator(self) -> None:
         if self.sim is not None:
@@ -263,23 +246,14 @@ class RunningSystem:
             self.sim = None
 
     def service_env(self) -> dict[str, str]:
-        """The environment of this system's service and of the CLI talking to it."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EXEC_")}
-        return env | {f"EXEC_{name.upper()}": str(value) for name, value in msgspec.structs.asdict(self.settings).items()}
+        return service_env(self.settings)
 
     def start_service(self) -> None:
-        out = open(self.logs / "launcher.log", "ab")
-        self.launcher = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "run"], env=self.service_env(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            start_new_session=True,
-        )  # fmt: skip
+        self.launcher = launch(self.settings, self.logs)
         self.connect()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``execution-service ARGS`` against this system, as an operator runs it."""
-        return subprocess.run(
-            [sys.executable, "-m", "service.cli", *args], env=self.service_env(), cwd=REPO, capture_output=True, text=True, timeout=60
-        )
+        return cli(self.settings, *args)
 
     def connect(self, timeout_s: float = 60.0) -> None:
         """(Re)join the service's actor system once its supervisor answers."""
@@ -302,14 +276,8 @@ class RunningSystem:
 
     def stop_service(self) -> None:
         if self.launcher is not None:
-            self.launcher.send_signal(SIGTERM)
-            try:
-                self.launcher.wait(90)
-            finally:
-                # Whatever did not stop with it (a failed start, a hung drain) goes too.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.launcher.pid, SIGKILL)
-                self.launcher = None
+            stop(self.launcher)
+            self.launcher = None
 
     def kill_service(self) -> None:
         """SIGKILL to every process of the service, as a power cut would."""
@@ -345,15 +313,7 @@ class RunningSystem:
     # --- driving ------------------------------------------------------------------------------
 
     def control(self, **switches: Any) -> SimStatus:
-        """Drive the simulator; retried for a while, since it may be reconnecting to NATS."""
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                return decode(self.probe.request(CONTROL_SUBJECT, encode(SimControl(**switches)), 2.0), SimStatus)
-            except Exception:
-                if time.monotonic() > deadline or self.sim is None or self.sim.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        return control(self.probe, self.sim, **switches)
 
     def send(self, payload: dict[str, Any] | bytes, subject: str | None = None) -> uuid.UUID | None:
         if isinstance(payload, dict):
@@ -417,26 +377,102 @@ class RunningSystem:
         return self.ask("supervisor", ShowOrder(key))
 
     def archive(self, idle_s: float = 1.5) -> list[OrderEvent]:
-        """Every record in this system's Kafka archive topic, in partition order."""
+        return read_archive(self.settings, idle_s)
 
-        async def read() -> list[OrderEvent]:
-            consumer = AIOKafkaConsumer(
-                self.settings.archive_topic,
-                bootstrap_servers=self.settings.kafka_bootstrap,
-                auto_offset_reset="earliest",
-                enable_auto_commit=False,
-                group_id=None,
-            )
-            await consumer.start()
-            records: list[OrderEvent] = []
-            try:
-                while True:
-                    batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
-                    if not batch:
-                        return records
-                    for partition_records in batch.values():
-                        records += [decode(r.value, OrderEvent) for r in partition_records]
-            finally:
-                await consumer.stop()
 
-        return asyncio.run(asyncio.wait_for(read(), 60))
+# --- shared by RunningSystem and tests/cluster.py ---------------------------------------------------
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """The environment of a service with these settings and of the CLI talking to it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EXEC_")}
+    return env | {f"EXEC_{name.upper()}": str(value) for name, value in msgspec.structs.asdict(settings).items()}
+
+
+def launch(settings: Settings, logs: Path) -> subprocess.Popen[bytes]:
+    """``execution-service run`` as production runs it, in a session of its own."""
+    out = open(logs / "launcher.log", "ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "run"], env=service_env(settings), stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(launcher: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the launcher drains and stops), then whatever did not stop with it (a failed
+    start, a hung drain) goes too."""
+    launcher.send_signal(SIGTERM)
+    try:
+        launcher.wait(90)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher.pid, SIGKILL)
+
+
+def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``execution-service ARGS`` against the service with these settings, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], env=service_env(settings), cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+
+
+def start_simulator(settings: Settings, tmp: Path, logs: Path, probe: NatsProbe, sim_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The simulated connector, as a process of its own, once it answers on NATS."""
+    env = {
+        **os.environ,
+        **settings.nats_environment(),
+        "SIM_TICK_MS": "0",
+        "SIM_SEED": "7",
+        "SIM_STATE_FILE": str(tmp / "sim-state.json"),
+        **sim_env,
+    }
+    log = open(logs / "simulator.log", "ab")
+    sim = subprocess.Popen([sys.executable, "-m", "simulator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+    def answers() -> bool:
+        try:
+            probe.request(CONTROL_SUBJECT, encode(SimControl()), 1.0)
+            return True
+        except Exception:
+            return False
+
+    wait_until(answers, 20, 0.1, "the simulator to answer")
+    return sim
+
+
+def control(probe: NatsProbe, sim: subprocess.Popen[bytes] | None, **switches: Any) -> SimStatus:
+    """Drive the simulator; retried for a while, since it may be reconnecting to NATS."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return decode(probe.request(CONTROL_SUBJECT, encode(SimControl(**switches)), 2.0), SimStatus)
+        except Exception:
+            if time.monotonic() > deadline or sim is None or sim.poll() is not None:
+                raise
+            time.sleep(0.2)
+
+
+def read_archive(settings: Settings, idle_s: float = 1.5) -> list[OrderEvent]:
+    """Every record in the settings' Kafka archive topic, in partition order."""
+
+    async def read() -> list[OrderEvent]:
+        consumer = AIOKafkaConsumer(
+            settings.archive_topic,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        records: list[OrderEvent] = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=int(idle_s * 1000))
+                if not batch:
+                    return records
+                for partition_records in batch.values():
+                    records += [decode(r.value, OrderEvent) for r in partition_records]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(asyncio.wait_for(read(), 60))

@@ -50,3 +50,4 @@ def test_nothing_is_lost_or_duplicated_when_kafka_is_down_for_30s(tmp_path: Path
         kafka.stop()
     outcomes.append(outcome)
     assert outcome.passed, f"seed {SEED}: {outcome.invariants}"
+
