@@ -223,14 +223,24 @@ def kill_order_actors(system: RunningSystem, rng: random.Random, load: Load) -> 
     """Kill OrderActors while they hold orders: the broker is slowed down so that orders are
     in flight, and a few more signals arrive to be caught mid-way."""
     system.control(latency_ms=700.0)  # busy long enough to be seen, under broker_timeout_s
-    quotes = system.control().quotes
-    for _ in range(6):
-        symbol = rng.choice(SYMBOL_CHOICES[:4])
-        load.approved.append(signal(symbol, "buy", 0.1, quotes[symbol].ask))
-        system.send(load.approved[-1])
-    busy = wait_until(
-        lambda: [(pid, doing) for pid, doing in pids_of(system).get("OrderActor", []) if doing != "idle"], 15, 0.05, "busy actors"
-    )
+    busy: list[tuple[int, str]] = []
+    # A round of Pings may take longer than an order is in flight on a loaded machine: if no
+    # actor was seen holding one, more signals come.
+    for _ in range(5):
+        quotes = system.control().quotes
+        for _ in range(6):
+            symbol = rng.choice(SYMBOL_CHOICES[:4])
+            load.approved.append(signal(symbol, "buy", 0.1, quotes[symbol].ask))
+            system.send(load.approved[-1])
+        try:
+            busy = wait_until(
+                lambda: [(pid, doing) for pid, doing in pids_of(system).get("OrderActor", []) if doing != "idle"], 5, 0.05, "busy actors"
+            )
+            break
+        except AssertionError:
+            continue
+    if not busy:
+        raise AssertionError("no OrderActor was seen holding an order: nothing to kill")
     chosen = rng.sample(busy, min(2, len(busy)))
     for pid, _ in chosen:
         kill(pid)
