@@ -452,17 +452,22 @@ def control(probe: NatsProbe, sim: subprocess.Popen[bytes] | None, **switches: A
             time.sleep(0.2)
 
 
+def archive_reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of the whole archive topic from its start, in no group (on a running loop)."""
+    return AIOKafkaConsumer(
+        settings.archive_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+
+
 def read_archive(settings: Settings, idle_s: float = 1.5) -> list[OrderEvent]:
     """Every record in the settings' Kafka archive topic, in partition order."""
 
     async def read() -> list[OrderEvent]:
-        consumer = AIOKafkaConsumer(
-            settings.archive_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
+        consumer = archive_reader(settings)
         await consumer.start()
         records: list[OrderEvent] = []
         try:

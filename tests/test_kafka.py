@@ -11,8 +11,8 @@ import uuid
 from collections import defaultdict
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
+from harness import archive_reader
 
 from service.config import Settings
 from service.kafka import archive_producer, ensure_topic
@@ -63,13 +63,7 @@ def test_keyed_records_are_read_back_in_order_per_key(kafka_settings: Settings) 
         partitions_used = {m.partition for m in metadata}
         assert len(partitions_used) > 1  # keys really spread over partitions
 
-        consumer = AIOKafkaConsumer(
-            settings.archive_topic,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
+        consumer = archive_reader(settings)
         await consumer.start()
         seen: dict[str, list[int]] = defaultdict(list)
         partition_of: dict[str, int] = {}
