@@ -4,16 +4,16 @@ order_id so one order's events stay in order (idempotent producer, acks=all)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from actors.sink import SinkActor
 from messages.actor import Publish
-from messages.control import ServerCheck
 from messages.codec import encode
+from messages.control import ServerCheck
 from messages.order import OrderEvent
-from service.failures import Failure, classify
 from service.health import check_kafka
 from service.kafka import archive_producer, ensure_topic
 
@@ -25,7 +25,12 @@ class Archiver(SinkActor):
     async def open(self) -> None:
         await ensure_topic(self.settings)
         producer = archive_producer(self.settings)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()  # its connections and tasks, which a failed start leaves
+            raise
         self.producer = producer
 
     def receiveMsg_Publish(self, message: Publish, sender: Any) -> None:
@@ -35,24 +40,29 @@ class Archiver(SinkActor):
         return [await check_kafka(self.producer, self.settings)]
 
     async def write(self, batch: list[OrderEvent]) -> None:
-        if self.producer is None:
-            raise ConnectionError("the Kafka producer is not started")  # transient: open() retries it
-        sent = [
-            await self.producer.send(
-                self.settings.archive_topic,
-                value=encode(event),
-                key=str(event.order_id).encode(),
-                headers=[("event_id", event.event_id.encode())],
-            )
-            for event in batch
-        ]
+        if self.producer is None:  # none yet, or dropped after a failed batch
+            await self.open()  # raises (transient) while Kafka is down: the sink retries the write
         try:
-            await asyncio.gather(*sent)
-        except Exception as exc:
-            if classify(exc) is not Failure.TRANSIENT:
-                # An idempotent producer that had a batch refused is out of step with the
-                # broker's sequence numbers (OutOfOrderSequenceNumber next): a fresh one is not.
-                producer, self.producer = self.producer, None
+            sent = [
+                await self.producer.send(
+                    self.settings.archive_topic,
+                    value=encode(event),
+                    key=str(event.order_id).encode(),
+                    headers=[("event_id", event.event_id.encode())],
+                )
+                for event in batch
+            ]
+            # Every send settles before the producer may be dropped: none still in flight.
+            failed = [r for r in await asyncio.gather(*sent, return_exceptions=True) if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+        except Exception:
+            # Any failed batch, transient or not, may have used sequence numbers the broker never
+            # stored: one refused, or one aiokafka expired while no leader was known (it assigns the
+            # sequence, then fails it with LeaderNotAvailable/NotLeaderForPartition/KafkaTimeout).
+            # The idempotent producer is then out of step on that partition for good
+            # (OutOfOrderSequenceNumber on every later send); a fresh one (new producer id) is not.
+            producer, self.producer = self.producer, None
+            with contextlib.suppress(Exception):
                 await producer.stop()
-                await self.open()
             raise

@@ -41,8 +41,8 @@ from messages.actor import (
     Ready,
     Record,
     RecordDeals,
-    RecordPositions,
     Recorded,
+    RecordPositions,
     Rehydrate,
     Rehydrated,
     SignalsDurable,
@@ -59,6 +59,7 @@ from messages.control import (
 )
 from messages.order import EventKind, Fill, OrderEvent
 from messages.position import Position
+from model.order import TERMINAL, unbroken
 from service import metrics
 from service.config import Settings
 from service.failures import UNCLASSIFIED_ATTEMPTS, DeadLetters, Failure, classify
@@ -118,21 +119,28 @@ class Recorder(RoleActor):
             self.outbox = Outbox(Path(self.settings.run_dir) / f"outbox{message.share.name}")
             self.dead_letters = DeadLetters(self.settings.run_dir, "recorder")
             self.share = message.share
-            self._take_over_leftovers()
+            last = None if self.share.whole else self.store.checkpoint(self.share.partition)
+            if last is not None and last.instance != self.settings.instance:
+                # Another instance served the partition since this outbox was written: it rebuilt
+                # the orders without what is in it, went on from there, and replayed what it had
+                # from ClickHouse. Replayed now, these events would overwrite its own.
+                if (aside := self.outbox.set_aside()) is not None:
+                    log.warning("%s: outbox superseded (served by %s since): kept aside in %s", self.share, last.instance, aside)
             if not self.share.whole:
-                self._publish_unconfirmed()
+                # This owner's mark, before anything of the partition is read; it confirms no more than the last one did.
+                self._record_checkpoint(last.confirmed_before if last is not None else datetime.now(UTC))
                 self.wakeupAfter(CHECKPOINT_INTERVAL, payload=CHECKPOINT)
+            self._take_over_leftovers()
+            if last is not None:
+                self._publish_unconfirmed(last.confirmed_before)
             early, self.early = self.early, []
             for letter, letter_sender in early:
                 self.receiveMessage(letter, letter_sender)
         self.send(sender, Ready("recorder"))
 
-    def _publish_unconfirmed(self) -> None:
+    def _publish_unconfirmed(self, confirmed_before: datetime) -> None:
         """A partition taken over: what its last owner recorded but may not have had confirmed
         by the sinks goes out again (written again too: copies, as ClickHouse keeps them)."""
-        confirmed_before = self.store.checkpoint(self.share.partition)
-        if confirmed_before is None:
-            return
         events = [e for e in self.store.events_since(confirmed_before - REPLAY_MARGIN) if self.share.owns(e.order.symbol)]
         if events:
             log.warning("%s: %d events recorded since %s published again (the last owner may not have)", self.share, len(events), confirmed_before)
@@ -142,11 +150,14 @@ class Recorder(RoleActor):
         """How far this partition's events are confirmed by every sink: before the oldest held
         or unconfirmed one (now, when there is none)."""
         pending = [e.at for e in self.held.events] + [e.at for events, _ in self.unconfirmed.values() for e in events]
+        self._record_checkpoint(min(pending, default=datetime.now(UTC)))
+        self.wakeupAfter(CHECKPOINT_INTERVAL, payload=CHECKPOINT)
+
+    def _record_checkpoint(self, confirmed_before: datetime) -> None:
         try:
-            self.store.record_checkpoint(self.share.partition, min(pending, default=datetime.now(UTC)), self.settings.instance)
+            self.store.record_checkpoint(self.share.partition, confirmed_before, self.settings.instance)
         except Exception as exc:  # the next one, in CHECKPOINT_INTERVAL, says the same or more
             log.warning("%s: checkpoint not written: %s", self.share, exc)
-        self.wakeupAfter(CHECKPOINT_INTERVAL, payload=CHECKPOINT)
 
     def _take_over_leftovers(self) -> None:
         """Replay what a recorder before this one was handed but had not passed on."""
@@ -389,9 +400,18 @@ class Recorder(RoleActor):
     # --- questions only the store can answer -------------------------------------------
 
     def receiveMsg_LoadState(self, message: LoadState, sender: Any) -> None:
+        """What ClickHouse has, and over it what is held (a predecessor's outbox replayed but not
+        written yet): an order only the outbox knows is rebuilt and reconciled too, and its
+        signal is known (a redelivery of it is a duplicate)."""
         window = timedelta(hours=message.idempotency_window_hours)
-        open_orders = [e.order for e in self.store.latest_snapshots(open_only=True) if message.share.owns(e.order.symbol)]
-        self.send(sender, StateLoaded(self.store.signal_orders(window), open_orders, self.store.control()))
+        latest = {e.order_id: e.order for e in self.store.latest_snapshots(open_only=True)}
+        known = self.store.signal_orders(window)
+        for event in self.held.events:
+            if event.order_id not in latest or latest[event.order_id].version < event.seq:
+                latest[event.order_id] = event.order
+            known.setdefault(event.order.signal_id, (event.order_id, event.order.signal_fingerprint))
+        open_orders = [o for o in latest.values() if o.status not in TERMINAL and message.share.owns(o.symbol)]
+        self.send(sender, StateLoaded(known, open_orders, self.store.control()))
 
     def receiveMsg_RecordControl(self, message: RecordControl, sender: Any) -> None:
         """Written at once, not batched: the operator waits for it, and it is rare."""
@@ -414,12 +434,11 @@ class Recorder(RoleActor):
         self.send(sender, FillsLoaded(self.store.fills_with_stops()))
 
     def receiveMsg_Rehydrate(self, message: Rehydrate, sender: Any) -> None:
-        held = [e for e in self.held.events if e.order_id == message.order_id]
-        if held:
-            order = max(held, key=lambda e: e.seq).order
-        else:
-            history = self.store.history(message.order_id)
-            order = history[-1].order if history else None
+        known = self.store.history(message.order_id) + [e for e in self.held.events if e.order_id == message.order_id]
+        order = unbroken(known)
+        if known and (order is None or order.version < max(e.seq for e in known)):
+            log.warning("order %s: events up to seq %d known, seq %d missing: revived from before the gap",
+                        message.order_id, max(e.seq for e in known), order.version + 1 if order else 1)
         self.send(sender, Rehydrated(message.order_id, order, message.news))
 
     def receiveMsg_GetHistory(self, message: GetHistory, sender: Any) -> None:

@@ -191,6 +191,9 @@ class Supervisor(RoleActor):
         self.starter: Any = None
         # Orders whose actor died, as they were last assigned, until revived.
         self.reviving: dict[uuid.UUID, Order] = {}
+        # Orders asked of the recorder to be revived: one revival at a time (two actors reviving
+        # an order from the same version write two histories with the same event_ids).
+        self.rehydrating: set[uuid.UUID] = set()
         # Orders an actor gave back lately: (the actor, the order as assigned, when). Its last
         # events may still be queued in that actor's process on their way to the recorder: if
         # it dies before they leave, the order is revived (the model decides them again).
@@ -433,13 +436,24 @@ class Supervisor(RoleActor):
         elif order_id in self.resting:
             self._assign(Assign(self.resting[order_id], news=news))
         else:
-            self.send(self.peers.recorder, Rehydrate(order_id, news))
+            self._rehydrate(order_id, news)
+
+    def _rehydrate(self, order_id: uuid.UUID, news: BrokerNews | None = None) -> None:
+        if order_id in self.rehydrating or any(waiting.order.order_id == order_id for waiting in self.waiting):
+            return  # the revival under way asks the broker (reconcile): it hears of this news too
+        self.rehydrating.add(order_id)
+        self.send(self.peers.recorder, Rehydrate(order_id, news))
 
     def receiveMsg_Rehydrated(self, message: Rehydrated, sender: Any) -> None:
         """Revive from the latest of what was recorded and what this supervisor last handed
         out (an actor may die before anything of its order was recorded)."""
         order = message.order
         assigned = self.reviving.pop(message.order_id, None)
+        self.rehydrating.discard(message.order_id)
+        if message.order_id in self.active:  # revived meanwhile: its actor hears the news, no second actor
+            if message.news is not None:
+                self.send(self.active[message.order_id], BrokerUpdate(message.order_id, message.news))
+            return
         if assigned is not None and (order is None or assigned.version > order.version):
             order = assigned
         if order is None:
@@ -708,12 +722,12 @@ class Supervisor(RoleActor):
                 log.error("the actor of order %s died: reviving the order", order_id)
                 del self.active[order_id]
                 self.reviving[order_id] = self.active_orders.pop(order_id)
-                self.send(self.peers.recorder, Rehydrate(order_id))
+                self._rehydrate(order_id)
         for order_id, (actor, assigned, _) in list(self.released.items()):
             if actor == dead and order_id not in self.active:
                 del self.released[order_id]
                 self.reviving[order_id] = assigned
-                self.send(self.peers.recorder, Rehydrate(order_id))
+                self._rehydrate(order_id)
         while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
             self.idle.append(self._new_order_actor())
 

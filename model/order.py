@@ -117,6 +117,17 @@ def fold(events: list[OrderEvent]) -> Order:
     return order
 
 
+def unbroken(events: list[OrderEvent]) -> Order | None:
+    """The order as of the last event of its unbroken run from seq 1 (None: seq 1 is not there).
+    An actor can die after a later hand-over of its order reached the recorder and an earlier
+    one did not: a revival from past the gap would leave it there for good."""
+    by_seq = {event.seq: event for event in events}
+    seq = 0
+    while seq + 1 in by_seq:
+        seq += 1
+    return by_seq[seq].order if seq else None
+
+
 def is_resting(order: Order) -> bool:
     """A pending order the broker holds, with nothing expected of it soon: no actor needs it."""
     return order.phase in RESTING and order.order_type is not OrderType.MARKET and order.pending_modify is None

@@ -47,6 +47,8 @@ class Settings(NatsOptions, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     clickhouse_database: str = "suho_analytics"
     archive_topic: str = "order_execution_archive"
     archive_partitions: int = 6
+    # How long a send to Kafka may wait for a leader and an answer before it fails (and is retried).
+    kafka_request_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 40.0
     admin_port: int = 19500
     # Sharing the work between instances (service.partitions, service.leases). 0: this instance
     # serves every signal alone. N >= 1: signals and broker news are split into N partitions by

@@ -38,6 +38,7 @@ def archive_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         # Small: the archiver batches on its own; this only coalesces one burst of sends.
         linger_ms=5,
+        request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
         # lz4 only when its binding is installed; aiokafka refuses the setting otherwise.
         compression_type="lz4" if has_lz4() else None,
         key_serializer=_to_bytes,

@@ -62,6 +62,19 @@ class Outbox:
         self._open = open(self.directory / OPEN_SEGMENT, "ab")
         return batch_id
 
+    def set_aside(self) -> Path | None:
+        """What is in it is moved to a directory of its own, kept for an operator; None if
+        there was nothing."""
+        self._open.close()
+        if not any(p.stat().st_size for p in self.directory.iterdir()):
+            self._open = open(self.directory / OPEN_SEGMENT, "ab")
+            return None
+        aside = self.directory.with_name(f"{self.directory.name}.superseded-{time.time_ns() // 1000}")
+        self.directory.rename(aside)
+        self.directory.mkdir()
+        self._open = open(self.directory / OPEN_SEGMENT, "ab")
+        return aside
+
     def done(self, batch_id: int) -> None:
         self._path(batch_id).unlink(missing_ok=True)
 

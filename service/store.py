@@ -62,6 +62,11 @@ def open_client(dsn: str, auth: ClickHouseAuth, **options: Any) -> Client:
     return clickhouse_connect.get_client(dsn=dsn, **options)
 
 
+class Checkpoint(NamedTuple):
+    confirmed_before: datetime
+    instance: str
+
+
 class Migration(NamedTuple):
     version: int
     name: str
@@ -283,15 +288,18 @@ class Store:
             ["partition", "confirmed_before", "instance", "at"],
         )
 
-    def checkpoint(self, partition: int) -> datetime | None:
+    def checkpoint(self, partition: int) -> Checkpoint | None:
         """Before when every event of the partition was confirmed by the sinks, as its last
         owner last wrote it (None: never served by an instance that shares the work)."""
         rows = self.client.query(
-            f"SELECT confirmed_before FROM {self.database}.partition_checkpoints "
+            f"SELECT confirmed_before, instance FROM {self.database}.partition_checkpoints "
             "WHERE partition = {p:UInt16} ORDER BY at DESC LIMIT 1",
             parameters={"p": partition},
         ).result_rows
-        return rows[0][0] if rows else None
+        if not rows:
+            return None
+        confirmed_before, instance = rows[0]
+        return Checkpoint(confirmed_before.replace(tzinfo=UTC), instance)  # the driver gives UTC without a zone
 
     def events_since(self, since: datetime) -> list[OrderEvent]:
         rows = self.client.query(

@@ -15,12 +15,14 @@ import pytest
 from actors import base
 from actors.base import HANDOVER, RoleActor
 from actors.recorder import ACKNOWLEDGE, Recorder
-from messages.actor import Peers, Record, Recorded
+from messages.actor import Configure, Peers, Record, Recorded
 from messages.enums import OrderType, Side
 from messages.order import Order, OrderEvent
 from model import order as model
 from service.config import Settings
-from service.outbox import Outbox
+from service.outbox import Batch, Outbox
+from service.partitions import Share
+from service.store import Store
 
 
 class Captured:
@@ -113,3 +115,28 @@ def test_batch_numbers_are_never_reused_by_a_successor(tmp_path: Path) -> None:
     used = outbox.seal()
     outbox.done(used)
     assert Outbox(tmp_path).next_batch > used
+
+
+def test_an_outbox_is_replayed_by_the_last_owner_only(tmp_path: Path) -> None:
+    """Another instance that served the partition since has rebuilt its orders without what the
+    outbox holds and gone on from there: replayed, the old events would overwrite its own. The
+    outbox is set aside instead, and the new owner marks the partition before reading anything."""
+    settings = Settings(run_dir=str(tmp_path), partitions=3, instance_id="b", clickhouse_database="handover")
+    share = Share(1, 3)
+    held = event(uuid.uuid4())
+    Outbox(tmp_path / f"outbox{share.name}").append(Batch(events=[held]))
+    store = Store(settings.dsn, settings.clickhouse_database)
+    confirmed = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    store.record_checkpoint(share.partition, confirmed, "b")
+
+    def configured() -> Recorder:
+        recorder = Recorder()
+        Captured(recorder, "recorder")
+        recorder.receiveMsg_Configure(Configure(settings, Peers(), share), "tree")
+        return recorder
+
+    assert configured().held.events == [held]  # this instance served it last: its outbox goes on
+    store.record_checkpoint(share.partition, confirmed, "a")
+    assert not configured().held.events  # "a" served it since
+    assert [p.name for p in tmp_path.glob("outbox_p1.superseded-*")] and (tmp_path / "outbox_p1").is_dir()
+    assert store.checkpoint(share.partition) == (confirmed, "b")  # marked, confirming no more than "a" did

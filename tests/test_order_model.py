@@ -464,6 +464,17 @@ def test_the_order_is_the_fold_of_its_events() -> None:
         model.apply(run.order, run.history[1])  # out of sequence
 
 
+def test_a_revival_starts_before_the_first_gap_in_what_was_recorded() -> None:
+    run = sent(OrderType.LIMIT, quantity=1.0)
+    run(Placed(555))
+    run(Dealt(fill(run.order, 1, 1.0)))
+    created, submitted, placed, filled = run.history
+    assert model.unbroken([created, submitted, placed, filled]) == run.order
+    assert model.unbroken([filled, created, submitted]) == submitted.order  # order of arrival does not matter
+    assert model.unbroken([created, filled]) == created.order  # SUBMITTED and PLACED lost: from after CREATED
+    assert model.unbroken([filled]) is None  # CREATED lost: from what the supervisor handed out
+
+
 # --- timers --------------------------------------------------------------------------------------
 
 
