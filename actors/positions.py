@@ -194,6 +194,9 @@ class PositionKeeper(RoleActor):
         self.deals_checked_until: datetime | None = None
         # Deals recovered and when (not asked for again before RECOVER_AGAIN).
         self.recovering: dict[int, datetime] = {}
+        # The discrepancies alerted, as (ticket, kind) -> (ours, broker): each is alerted once
+        # (again if it changes), not at every reconciliation while it lasts.
+        self.alerted: dict[tuple[int, str], tuple[float | None, float | None]] = {}
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> None:
         self.settings: Settings = message.settings
@@ -283,21 +286,26 @@ class PositionKeeper(RoleActor):
         theirs = {p.ticket: p for p in broker_positions}
         ours = {p.ticket: p for p in self.book.open_positions()}
         changed: list[Position] = []
+        found: list[tuple[int, str, str, float | None, float | None]] = []  # ticket, symbol, kind, ours, broker
         for ticket, broker in theirs.items():
             mine = ours.get(ticket)
             if mine is None:
-                self._alert(broker.ticket, broker.symbol, "missing_here", None, broker.volume, now)
+                found.append((ticket, broker.symbol, "missing_here", None, broker.volume))
             elif SYMBOLS[mine.symbol].steps(mine.quantity) != SYMBOLS[mine.symbol].steps(broker.volume):
-                self._alert(ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume, now)
+                found.append((ticket, mine.symbol, "volume_mismatch", mine.quantity, broker.volume))
                 if self.settings.auto_correct_positions:
                     corrected = msgspec.structs.replace(mine, quantity=broker.volume, updated_at=now)
                     self.book.positions[ticket] = corrected
                     self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(corrected)], applied={}))
             else:
                 changed.append(self._mark(mine, broker, now))
-        for ticket, mine in ours.items():
-            if ticket not in theirs:
-                self._alert(ticket, mine.symbol, "missing_at_broker", mine.quantity, None, now)
+        found += [(ticket, mine.symbol, "missing_at_broker", mine.quantity, None) for ticket, mine in ours.items() if ticket not in theirs]
+        standing, self.alerted = self.alerted, {(ticket, kind): (mine, broker) for ticket, _, kind, mine, broker in found}
+        for ticket, symbol, kind, mine, broker in found:
+            if standing.get((ticket, kind)) != (mine, broker):  # new, or changed since it was alerted
+                self._alert(ticket, symbol, kind, mine, broker, now)
+        for ticket, kind in standing.keys() - self.alerted.keys():
+            log.warning("reconciliation: position %s in step again (it was %s)", ticket, kind)
         if changed:
             self.hand_over(RecordPositions(changed))
 

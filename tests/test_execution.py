@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -287,6 +289,10 @@ def test_a_close_long_signal_closes_the_open_long_position(system: RunningSystem
     assert position.exit_order_id == closer
 
 
+def alerts_for(system: RunningSystem, ticket: int) -> list[dict[str, Any]]:
+    return [a for a in (msgspec.json.decode(d) for _, d in system.probe.seen["positions.alert"]) if a["ticket"] == ticket]
+
+
 def test_reconciliation_reports_a_discrepancy_planted_at_the_broker(system: RunningSystem) -> None:
     quote(system, "AUDUSD", 0.65490, 0.65500)
     order_id = system.send(signal("AUDUSD", "sell", 0.3, 0.6549))
@@ -295,13 +301,18 @@ def test_reconciliation_reports_a_discrepancy_planted_at_the_broker(system: Runn
     ticket = next(p.ticket for p in system.positions().positions if p.entry_order_id == order_id)
     assert system.control(adjust_position=AdjustPosition(ticket=ticket, volume=0.1)).adjusted
     system.tell("positions", QueryPositions())
-    alerts = wait_until(
-        lambda: [a for a in (msgspec.json.decode(d) for _, d in system.probe.seen["positions.alert"]) if a["ticket"] == ticket],
-        what="an alert",
-    )
+    alerts = wait_until(lambda: alerts_for(system, ticket), what="an alert")
     assert alerts[0]["kind"] == "volume_mismatch" and alerts[0]["ours"] == 0.3 and alerts[0]["broker"] == 0.1
     assert not alerts[0]["corrected"]
     assert next(p for p in system.positions().positions if p.ticket == ticket).quantity == 0.3  # not silently corrected
+    # Alerted once while it stands, not at every reconciliation; again when it changes.
+    assert system.control(adjust_position=AdjustPosition(ticket=ticket, volume=0.2)).adjusted
+    system.tell("positions", QueryPositions())
+    system.tell("positions", QueryPositions())
+    wait_until(lambda: len(alerts_for(system, ticket)) > 1, what="the changed discrepancy's alert")
+    time.sleep(1.0)  # the second reconciliation's answer, had it alerted again
+    alerts = alerts_for(system, ticket)
+    assert [(a["kind"], a["broker"]) for a in alerts] == [("volume_mismatch", 0.1), ("volume_mismatch", 0.2)]
 
 
 def test_an_operator_traces_an_order_by_its_actor_address(system: RunningSystem) -> None:

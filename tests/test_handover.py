@@ -84,6 +84,26 @@ def test_a_hand_over_lost_on_the_way_goes_again_and_a_slow_recorder_is_not_flood
     assert not actor.handed_over
 
 
+def test_an_orders_events_go_one_record_at_a_time_the_next_once_the_one_before_is_taken() -> None:
+    actor = RoleActor()
+    io = Captured(actor, "order-actor")
+    actor.peers = Peers(recorder="recorder-1")
+    order_id, other = uuid.uuid4(), uuid.uuid4()
+    created, submitted, filled, elsewhere = event(order_id), event(order_id), event(order_id), event(other)
+    actor.hand_over_in_order(Record([created]), order_id)
+    actor.hand_over_in_order(Record([submitted]), order_id)
+    actor.hand_over_in_order(Record([elsewhere]), other)  # another order's do not wait
+    actor.hand_over_in_order(Record([filled]), order_id)
+    assert [(m.ack, m.events) for _, m in io.sent] == [(1, [created]), (2, [elsewhere])]
+    io.sent.clear()
+    actor.receiveMsg_Recorded(Recorded([2]), "recorder-1")
+    assert io.sent == []  # the first is not taken yet: lost, nothing of this order goes past it
+    actor.receiveMsg_Recorded(Recorded([1]), "recorder-1")
+    assert [(m.ack, m.events) for _, m in io.sent] == [(3, [submitted, filled])]  # what waited, as one
+    actor.receiveMsg_Recorded(Recorded([3]), "recorder-1")
+    assert not actor.handed_over and not actor.in_flight and not actor.behind
+
+
 def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(tmp_path: Path) -> None:
     recorder = Recorder()
     io = Captured(recorder, "recorder")
