@@ -67,6 +67,8 @@ class Inbound(msgspec.Struct):
 
 
 class BrokerGateway(LoopActor):
+    nc: Any = None  # the NATS connection, once connected
+
     def __init__(self) -> None:
         super().__init__()
         # order_id -> the OrderActor holding it; set by Submit and Route.
@@ -84,7 +86,7 @@ class BrokerGateway(LoopActor):
             self.send(sender, Ready("gateway"))
 
     async def check_servers(self) -> list[ServerCheck]:
-        return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
+        return [await check_nats(self.nc, self.settings)]
 
     async def _connect_and_consume(self, configurer: Any) -> None:
         self.nc, self.js = await connect_nats(self.settings)
@@ -209,6 +211,9 @@ class BrokerGateway(LoopActor):
 
     async def _request(self, subject: str, payload: msgspec.Struct) -> bytes | None:
         """A request to the connector; None when it does not answer (the asker retries on its timer)."""
+        if self.nc is None:
+            log.warning("%s not asked: not connected to NATS yet", subject)
+            return None
         try:
             return (await self.nc.request(subject, encode(payload), timeout=REQUEST_TIMEOUT_S)).data
         except Exception as exc:
