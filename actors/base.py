@@ -16,12 +16,6 @@ on). The recorder drops events it already has by event_id. They are kept per act
 takes the next order still holds the last order's unacknowledged events, and no message is
 added to hand them elsewhere (the supervisor would be one more hop per order and a bottleneck).
 If the process itself dies, its order is revived from what was recorded and from the broker.
-
-**One order's events are handed over one Record at a time.** The next waits (merged with any
-after it) until the one before is acknowledged, so the recorder never holds a later event of
-an order without the earlier ones: when a hand-over is lost and its sender dies before sending
-it again, what was recorded of that order is a beginning the revival goes on from, not a
-history with a hole in it for good.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ from typing import Any
 import msgspec
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
 
-from messages.actor import Configure, Peers, Ping, Pong, Record, Recorded, Start
+from messages.actor import Configure, Peers, Ping, Pong, Recorded, Start
 from service.config import Settings
 from service.leases import tree_members
 from service.logs import Log
@@ -59,9 +53,6 @@ class RoleActor(ActorTypeDispatcher):
         self.sent: Counter[str] = Counter()
         # Hand-overs to the recorder not acknowledged yet: ack -> (when sent, the message).
         self.handed_over: dict[int, tuple[float, Any]] = {}
-        # Per order: the ack its Record in flight waits for, and the Record waiting behind it.
-        self.in_flight: dict[Any, int] = {}
-        self.behind: dict[Any, Record] = {}
         self.last_ack = 0
         self.handover_timer = False
 
@@ -97,22 +88,9 @@ class RoleActor(ActorTypeDispatcher):
             self.handover_timer = True
             self.wakeupAfter(timedelta(seconds=RESEND_AFTER_S), payload=HANDOVER)
 
-    def hand_over_in_order(self, record: Record, order_id: Any) -> None:
-        """Hand an order's events over once its Record before them is acknowledged."""
-        if order_id in self.in_flight:
-            waiting = self.behind.get(order_id)
-            self.behind[order_id] = record if waiting is None else Record(waiting.events + record.events)
-            return
-        self.hand_over(record)
-        self.in_flight[order_id] = self.last_ack
-
     def receiveMsg_Recorded(self, message: Recorded, sender: Any) -> None:
         for ack in message.acks:
             self.handed_over.pop(ack, None)
-        for order_id in [o for o, ack in self.in_flight.items() if ack not in self.handed_over]:
-            del self.in_flight[order_id]
-            if (waiting := self.behind.pop(order_id, None)) is not None:
-                self.hand_over_in_order(waiting, order_id)
         # The recorder takes one sender's hand-overs in the order they were sent: one still
         # unacknowledged below a number it acknowledged was lost on the way.
         highest, now = max(message.acks, default=0), time.monotonic()

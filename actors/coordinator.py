@@ -51,7 +51,11 @@ from messages.actor import (
 from messages.codec import ContractError, decode, encode
 from messages.control import (
     INSTANCE_CONTROL_SUBJECT,
+    CancelResting,
+    CancelsSent,
     ControlAnswer,
+    Flatten,
+    Flattening,
     GetStatus,
     HaltTrading,
     InstanceControl,
@@ -315,13 +319,35 @@ class Coordinator(LoopActor):
     def receiveMsg_Relayed(self, message: Relayed, sender: Any) -> None:
         control = message.control
         log.warning("instance %s: %s", control.instance, "halt: " + control.reason if control.halt else "resume")
+        reason = f"{control.reason} (from instance {control.instance})"
         for tree in self.trees.values():
-            self.send(tree.supervisor, HaltTrading(f"{control.reason} (from instance {control.instance})") if control.halt else ResumeTrading())
+            if not control.halt:
+                self.send(tree.supervisor, ResumeTrading())
+                continue
+            self.send(tree.supervisor, HaltTrading(reason))  # (in force before what follows it)
+            if control.cancel_resting:
+                self.send(tree.supervisor, CancelResting(f"halt: {reason}"))
+            if control.flatten:
+                self.send(tree.supervisor, Flatten())
 
     def receiveMsg_ControlAnswer(self, message: ControlAnswer, sender: Any) -> None:
         if message.error is not None:
-            tree = self._tree_of(sender)
-            log.error("%s: the relayed control could not be recorded: %s", tree.share if tree else "a tree", message.error)
+            log.error("%s: the relayed control could not be recorded: %s", self._share_of(sender), message.error)
+
+    def receiveMsg_CancelsSent(self, message: CancelsSent, sender: Any) -> None:
+        log.warning("%s: cancelling %d working orders (a halt relayed)", self._share_of(sender), len(message.order_ids))
+
+    def receiveMsg_Flattening(self, message: Flattening, sender: Any) -> None:
+        share = self._share_of(sender)
+        if message.error is not None:
+            log.error("%s: flatten refused: %s", share, message.error)
+            return
+        log.warning("%s: closing %d open positions at market (a halt relayed)%s", share, len(message.order_ids),
+                    f"; not closed: {'; '.join(message.not_closed)}" if message.not_closed else "")
+
+    def _share_of(self, supervisor: Any) -> str:
+        tree = self._tree_of(supervisor)
+        return str(tree.share) if tree is not None else "a tree"
 
     # --- stopping -------------------------------------------------------------------------------
 

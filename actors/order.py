@@ -218,7 +218,7 @@ class OrderActor(RoleActor):
         steps = "; ".join(f"{e.kind.value} -> {e.order.phase.value}{f' ({e.detail})' if e.detail else ''}" for e in self.pending_events)
         self._log("info", "%s", steps)
         # Kept (per process, across orders) until the recorder acknowledges it: see actors/base.py.
-        self.hand_over_in_order(Record(self.pending_events), self.pending_events[0].order_id)
+        self.hand_over(Record(self.pending_events))
         self.pending_events = []
 
     def _log(self, level: str, text: str, *args: object) -> None:

@@ -8,11 +8,15 @@ orders are now recorded. A failing write is retried with backoff; the batch is k
 
 What it is handed is acknowledged (``Recorded``) once it is in the outbox, in one message per
 sender per ACK_WINDOW_S; senders keep it until then and send it again to a successor (see
-actors/base.py), so an event already taken (by its event_id) is dropped, not held twice.
+actors/base.py), so an event already taken (by its event_id) is dropped, not held twice. An
+order's events are taken in sequence: one that comes before the one before it waits for it,
+unacknowledged (service/taken.py).
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,7 @@ from service.health import check_clickhouse
 from service.logs import Log
 from service.outbox import Batch, Outbox
 from service.store import Store
+from service.taken import Taken
 
 log = Log(__name__)
 
@@ -84,8 +89,9 @@ ACKNOWLEDGE = "acknowledge hand-overs"
 # Acknowledgements wait this long to go out together: one Recorded per sender per window
 # (well under RESEND_AFTER_S, after which a sender sends again).
 ACK_WINDOW_S = 0.5
-# The event_ids taken lately, to drop a hand-over sent again (bounded: oldest forgotten first).
-RECENT_EVENTS = 200_000
+# A hand-over out of its order's sequence waits this long for the one before it at most; then
+# it is taken all the same, with the hole (its sender sends it again every RESEND_AFTER_S).
+PARKED_MAX_S = 90.0
 
 
 class Recorder(RoleActor):
@@ -103,7 +109,10 @@ class Recorder(RoleActor):
         self.pressing = False
         # str(sender) -> (sender, acks to send it at the end of the ack window)
         self.acks: dict[str, tuple[Any, list[int]]] = {}
-        self.recent: dict[str, None] = {}
+        self.taken = Taken(datetime.now(UTC))
+        # Hand-overs out of their order's sequence, unacknowledged until the one before them is
+        # taken (service/taken.py): order_id -> (sender, ack) -> (the Record, its sender, since).
+        self.parked: dict[uuid.UUID, dict[tuple[str, int], tuple[Record, Any, float]]] = {}
         self.duplicates = 0
         # Unclassified write failures in a row (service/failures.py).
         self.unclassified_failures = 0
@@ -162,7 +171,7 @@ class Recorder(RoleActor):
     def _take_over_leftovers(self) -> None:
         """Replay what a recorder before this one was handed but had not passed on."""
         sealed, unflushed = self.outbox.leftovers()
-        self._remember([e for _, batch in sealed for e in batch.events] + unflushed.events)
+        self.taken.add([e for _, batch in sealed for e in batch.events] + unflushed.events)
         for batch_id, batch in sealed:
             self.store.record_events(batch.events)
             self.unconfirmed[batch_id] = (batch.events, set(SINKS))
@@ -192,14 +201,49 @@ class Recorder(RoleActor):
     def receiveMsg_Record(self, message: Record, sender: Any) -> None:
         if self._early(message, sender):
             return
-        events = [e for e in message.events if e.event_id not in self.recent]
+        events = [e for e in message.events if not self.taken.has(e)]
         if len(events) < len(message.events):
             self.duplicates += len(message.events) - len(events)
             log.info("%d events handed over again dropped: already taken", len(message.events) - len(events))
+        if (gap := self._out_of_sequence(message)) is not None and self._park(message, sender, gap):
+            return
         if events:
-            self._remember(events)
+            self.taken.add(events)
             self._hold(Batch(events=events))
         self._acknowledge(message, sender)
+        if events and events[0].order_id in self.parked:
+            self._unpark(events[0].order_id)
+
+    def _park(self, message: Record, sender: Any, first: OrderEvent) -> bool:
+        """Whether the hand-over waits for the one before it (not once it has waited PARKED_MAX_S)."""
+        waiting = self.parked.setdefault(first.order_id, {})
+        key = (str(message.reply_to if message.reply_to is not None else sender), message.ack)
+        since = waiting[key][2] if key in waiting else time.monotonic()
+        if time.monotonic() - since > PARKED_MAX_S:
+            del waiting[key]
+            log.error("order %s: seq %d taken with the events before it still missing after %.0fs", first.order_id, first.seq, PARKED_MAX_S)
+            return False
+        if key not in waiting:
+            log.warning("order %s: seq %d waits for the events before it (a hand-over lost on the way)", first.order_id, first.seq)
+        waiting[key] = (message, sender, since)
+        return True
+
+    def _unpark(self, order_id: uuid.UUID) -> None:
+        """The order's hand-overs that follow now are taken, one by one (each may let the next follow)."""
+        while waiting := self.parked.get(order_id):
+            follows = [key for key, (message, _, _) in waiting.items() if self._out_of_sequence(message) is None]
+            if not follows:
+                return
+            message, sender, _ = waiting.pop(follows[0])
+            if not waiting:
+                del self.parked[order_id]
+            self.receiveMsg_Record(message, sender)
+        self.parked.pop(order_id, None)
+
+    def _out_of_sequence(self, message: Record) -> OrderEvent | None:
+        """Its first event not taken yet, if that does not follow the last one taken of its order."""
+        first = next((e for e in message.events if not self.taken.has(e)), None)
+        return first if first is not None and not self.taken.follows(first) else None
 
     def receiveMsg_RecordDeals(self, message: RecordDeals, sender: Any) -> None:
         # (a deal is one row per execution_id however often it is written)
@@ -225,12 +269,6 @@ class Recorder(RoleActor):
             return False
         self.early.append((message, sender))
         return True
-
-    def _remember(self, events: list[OrderEvent]) -> None:
-        for event in events:
-            self.recent[event.event_id] = None
-        while len(self.recent) > RECENT_EVENTS:
-            del self.recent[next(iter(self.recent))]
 
     def _acknowledge(self, message: Record | RecordDeals | RecordPositions, sender: Any) -> None:
         """It is in the outbox: acknowledged with whatever else this sender hands over in the window."""

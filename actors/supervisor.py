@@ -115,6 +115,7 @@ EXPIRY_GRACE = timedelta(seconds=5)
 CLOSE_WAIT = timedelta(seconds=5)
 DEFERRED_CLOSES = "deferred closes"
 RELEASED_KEPT = timedelta(seconds=60)
+REHYDRATE_TIMEOUT = timedelta(seconds=10)
 
 
 def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int, float] | None = None) -> Order:
@@ -191,9 +192,9 @@ class Supervisor(RoleActor):
         self.starter: Any = None
         # Orders whose actor died, as they were last assigned, until revived.
         self.reviving: dict[uuid.UUID, Order] = {}
-        # Orders asked of the recorder to be revived: one revival at a time (two actors reviving
-        # an order from the same version write two histories with the same event_ids).
-        self.rehydrating: set[uuid.UUID] = set()
+        # Orders asked of the recorder to be revived, and when: one revival at a time (two actors
+        # reviving an order from the same version write two histories with the same event_ids).
+        self.rehydrating: dict[uuid.UUID, datetime] = {}
         # Orders an actor gave back lately: (the actor, the order as assigned, when). Its last
         # events may still be queued in that actor's process on their way to the recorder: if
         # it dies before they leave, the order is revived (the model decides them again).
@@ -439,9 +440,12 @@ class Supervisor(RoleActor):
             self._rehydrate(order_id, news)
 
     def _rehydrate(self, order_id: uuid.UUID, news: BrokerNews | None = None) -> None:
-        if order_id in self.rehydrating or any(waiting.order.order_id == order_id for waiting in self.waiting):
+        now = datetime.now(UTC)
+        asked = self.rehydrating.get(order_id)
+        # (an answer not back within REHYDRATE_TIMEOUT was lost with a recorder: asked again)
+        if asked is not None and now - asked < REHYDRATE_TIMEOUT or any(w.order.order_id == order_id for w in self.waiting):
             return  # the revival under way asks the broker (reconcile): it hears of this news too
-        self.rehydrating.add(order_id)
+        self.rehydrating[order_id] = now
         self.send(self.peers.recorder, Rehydrate(order_id, news))
 
     def receiveMsg_Rehydrated(self, message: Rehydrated, sender: Any) -> None:
@@ -449,7 +453,7 @@ class Supervisor(RoleActor):
         out (an actor may die before anything of its order was recorded)."""
         order = message.order
         assigned = self.reviving.pop(message.order_id, None)
-        self.rehydrating.discard(message.order_id)
+        self.rehydrating.pop(message.order_id, None)
         if message.order_id in self.active:  # revived meanwhile: its actor hears the news, no second actor
             if message.news is not None:
                 self.send(self.active[message.order_id], BrokerUpdate(message.order_id, message.news))

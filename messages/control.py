@@ -54,12 +54,15 @@ INSTANCE_CONTROL_SUBJECT = "execution.control"
 
 
 class InstanceControl(msgspec.Struct, frozen=True, kw_only=True):
-    """A halt (``halt`` true, with its reason) or a resume, from an operator on one instance,
-    for every other: its coordinator publishes it on INSTANCE_CONTROL_SUBJECT and each other
-    coordinator hands it to its trees (which record it, as an operator's own would be)."""
+    """A halt (``halt`` true, with its reason, and whether the working orders are cancelled and
+    the positions closed too) or a resume, from an operator on one instance, for every other:
+    its coordinator publishes it on INSTANCE_CONTROL_SUBJECT and each other coordinator hands it
+    to its trees (which record it, as an operator's own would be)."""
 
     halt: bool
     reason: str = ""
+    cancel_resting: bool = False
+    flatten: bool = False
     instance: str = ""
 
 

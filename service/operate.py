@@ -10,7 +10,6 @@ from typing import Any
 
 import msgspec
 
-from model.order import TERMINAL
 from actors.supervisor import ROLES
 from messages.actor import Directory, GetDirectory, Ping, Pong
 from messages.control import (
@@ -31,6 +30,7 @@ from messages.control import (
     TradingHalt,
 )
 from messages.enums import OrderStatus
+from model.order import TERMINAL
 from service.cli import Client, table
 from system import Refused
 
@@ -51,12 +51,13 @@ def describe(halt: TradingHalt) -> str:
 def halt(client: Client, reason: str, cancel_resting: bool, flatten: bool, wait_s: float) -> str:
     """Halt every tree of this service (a halt in force is kept), then cancel the working
     orders and close the positions if asked, following each order until it ends. An instance
-    that shares the work halts its own partitions and tells the other instances to halt theirs
-    (their working orders and positions are theirs to cancel and close: run it there too)."""
+    that shares the work halts its own partitions and tells the other instances to do the same
+    with theirs (each follows its own orders: its log says what it did)."""
     done = [_halt_tree(client, reason, cancel_resting, flatten, wait_s) for _ in client.each_tree()]
     if client.coordinator is not None:
-        client.actor_system.tell(client.coordinator, InstanceControl(halt=True, reason=reason))
-        done.append("the other instances told to halt")
+        client.actor_system.tell(client.coordinator, InstanceControl(halt=True, reason=reason, cancel_resting=cancel_resting, flatten=flatten))
+        also = [what for what, asked in (("cancel their working orders", cancel_resting), ("close their positions", flatten)) if asked]
+        done.append(f"the other instances told to halt{' and ' + ' and '.join(also) if also else ''}")
     return "; ".join(done)
 
 

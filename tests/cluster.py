@@ -175,6 +175,14 @@ class Cluster:
                     found[partition] = (instance.name, status)
         return found
 
+    def held(self) -> dict[int, str]:
+        """partition -> the running instance holding its lease (its tree may still be starting)."""
+        found: dict[int, str] = {}
+        for instance in self.running():
+            if (status := instance.status()) is not None:
+                found.update(dict.fromkeys(status.serving, instance.name))
+        return found
+
     def all_served_and_reconciled(self) -> dict[int, str]:
         """partition -> instance when every partition is served by a running instance and every
         order it rebuilt is reconciled with the broker; else empty."""

@@ -10,12 +10,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
+from harness import clickhouse_front
 
 from actors import base
 from actors.base import HANDOVER, RoleActor
 from actors.recorder import ACKNOWLEDGE, Recorder
-from messages.actor import Configure, Peers, Record, Recorded
+from actors.supervisor import Supervisor
+from messages import broker as wire
+from messages.actor import (
+    Assign,
+    BrokerUpdate,
+    Configure,
+    Orphan,
+    Peers,
+    Record,
+    Recorded,
+    Rehydrate,
+    Rehydrated,
+)
 from messages.enums import OrderType, Side
 from messages.order import Order, OrderEvent
 from model import order as model
@@ -36,12 +50,28 @@ class Captured:
         actor.wakeupAfter = lambda delay, payload=None: self.timers.append(payload)
 
 
-def event(order_id: uuid.UUID) -> OrderEvent:
+def history(order_id: uuid.UUID, *inputs: model.Input) -> list[OrderEvent]:
+    """A new limit order's events: taken (CREATED, SUBMITTED), then ``inputs``."""
     order = Order(
-        order_id=order_id, signal_id=uuid.uuid4(), symbol="EURUSD", side=Side.BUY, order_type=OrderType.MARKET,
+        order_id=order_id, signal_id=uuid.uuid4(), symbol="EURUSD", side=Side.BUY, order_type=OrderType.LIMIT,
         quantity=0.1, expected_price=1.1, created_at=datetime.now(UTC),
     )  # fmt: skip
-    return model.decide(order, model.Take(), datetime.now(UTC), model.Policy(Settings().limits), "actor").events[0]
+    events = []
+    for given in (model.Take(), *inputs):
+        decision = model.decide(order, given, datetime.now(UTC), model.Policy(Settings().limits), "actor")
+        order, events = decision.order, events + decision.events
+    return events
+
+
+def event(order_id: uuid.UUID) -> OrderEvent:
+    return history(order_id)[0]
+
+
+def deal_news(order: Order, deal: int) -> wire.BrokerFill:
+    return wire.BrokerFill(
+        order_id=order.order_id, ticket=7, deal=deal, symbol=order.symbol, side=order.side, volume=0.05, price=1.1,
+        timestamp=datetime.now(UTC), position=7,
+    )
 
 
 def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,26 +114,6 @@ def test_a_hand_over_lost_on_the_way_goes_again_and_a_slow_recorder_is_not_flood
     assert not actor.handed_over
 
 
-def test_an_orders_events_go_one_record_at_a_time_the_next_once_the_one_before_is_taken() -> None:
-    actor = RoleActor()
-    io = Captured(actor, "order-actor")
-    actor.peers = Peers(recorder="recorder-1")
-    order_id, other = uuid.uuid4(), uuid.uuid4()
-    created, submitted, filled, elsewhere = event(order_id), event(order_id), event(order_id), event(other)
-    actor.hand_over_in_order(Record([created]), order_id)
-    actor.hand_over_in_order(Record([submitted]), order_id)
-    actor.hand_over_in_order(Record([elsewhere]), other)  # another order's do not wait
-    actor.hand_over_in_order(Record([filled]), order_id)
-    assert [(m.ack, m.events) for _, m in io.sent] == [(1, [created]), (2, [elsewhere])]
-    io.sent.clear()
-    actor.receiveMsg_Recorded(Recorded([2]), "recorder-1")
-    assert io.sent == []  # the first is not taken yet: lost, nothing of this order goes past it
-    actor.receiveMsg_Recorded(Recorded([1]), "recorder-1")
-    assert [(m.ack, m.events) for _, m in io.sent] == [(3, [submitted, filled])]  # what waited, as one
-    actor.receiveMsg_Recorded(Recorded([3]), "recorder-1")
-    assert not actor.handed_over and not actor.in_flight and not actor.behind
-
-
 def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(tmp_path: Path) -> None:
     recorder = Recorder()
     io = Captured(recorder, "recorder")
@@ -123,11 +133,35 @@ def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(t
     # A successor knows what the outbox holds: a hand-over sent again is dropped there too.
     successor = Recorder()
     Captured(successor, "recorder-2")
-    successor._remember(Outbox(tmp_path / "outbox").leftovers()[1].events)
+    successor.taken.add(Outbox(tmp_path / "outbox").leftovers()[1].events)
     successor.settings, successor.peers, successor.opened = recorder.settings, recorder.peers, object()
     successor.outbox = Outbox(tmp_path / "outbox")
     successor.receiveMsg_Record(Record([b], ack=2, reply_to="actor-1"), "actor-1")
     assert not successor.held.events and successor.duplicates == 1
+
+
+def test_an_orders_hand_over_that_comes_before_the_one_before_it_waits_for_it(tmp_path: Path) -> None:
+    """The actor that released an order may lose a hand-over the actor holding it since does not:
+    taken first, the later one would leave a hole in the order's history if the first sender died."""
+    recorder = Recorder()
+    io = Captured(recorder, "recorder")
+    recorder.settings = Settings(run_dir=str(tmp_path))
+    recorder.peers = Peers(ingress="ingress")
+    recorder.opened = object()
+    recorder.outbox = Outbox(tmp_path / "outbox")
+    created, submitted, placed = history(uuid.uuid4(), model.Placed(555))
+    recorder.receiveMsg_Record(Record([placed], ack=1, reply_to="actor-2"), "actor-2")  # before the first, lost on the way
+    assert not recorder.held.events and recorder.parked  # waiting, unacknowledged
+    recorder.receiveMsg_Record(Record([placed], ack=1, reply_to="actor-2"), "actor-2")  # sent again: still waiting
+    recorder.receiveMsg_Record(Record([created, submitted], ack=4, reply_to="actor-1"), "actor-1")  # the first, again
+    assert [e.seq for e in recorder.held.events] == [1, 2, 3] and not recorder.parked
+    recorder.receiveMsg_WakeupMessage(SimpleNamespace(payload=ACKNOWLEDGE), "recorder")
+    assert sorted((t, m.acks) for t, m in io.sent if isinstance(m, Recorded)) == [("actor-1", [4]), ("actor-2", [1])]
+    # An order from before this recorder may have history it never saw: taken as it comes.
+    older = msgspec.structs.replace(placed, order=msgspec.structs.replace(placed.order, created_at=datetime(2026, 1, 1, tzinfo=UTC)),
+                                    order_id=uuid.uuid4(), event_id="older:3")  # fmt: skip
+    recorder.receiveMsg_Record(Record([older], ack=2, reply_to="actor-2"), "actor-2")
+    assert recorder.held.events[-1] == older
 
 
 def test_batch_numbers_are_never_reused_by_a_successor(tmp_path: Path) -> None:
@@ -141,7 +175,12 @@ def test_an_outbox_is_replayed_by_the_last_owner_only(tmp_path: Path) -> None:
     """Another instance that served the partition since has rebuilt its orders without what the
     outbox holds and gone on from there: replayed, the old events would overwrite its own. The
     outbox is set aside instead, and the new owner marks the partition before reading anything."""
-    settings = Settings(run_dir=str(tmp_path), partitions=3, instance_id="b", clickhouse_database="handover")
+    with clickhouse_front(tmp_path / "clickhouse") as address:  # (a server: chdb stays out of this process)
+        settings = Settings(run_dir=str(tmp_path), partitions=3, instance_id="b", clickhouse_dsn=f"http://default:@{address}/handover", clickhouse_database="handover")
+        outbox_replayed_by_the_last_owner_only(settings, tmp_path)
+
+
+def outbox_replayed_by_the_last_owner_only(settings: Settings, tmp_path: Path) -> None:
     share = Share(1, 3)
     held = event(uuid.uuid4())
     Outbox(tmp_path / f"outbox{share.name}").append(Batch(events=[held]))
@@ -160,3 +199,22 @@ def test_an_outbox_is_replayed_by_the_last_owner_only(tmp_path: Path) -> None:
     assert not configured().held.events  # "a" served it since
     assert [p.name for p in tmp_path.glob("outbox_p1.superseded-*")] and (tmp_path / "outbox_p1").is_dir()
     assert store.checkpoint(share.partition) == (confirmed, "b")  # marked, confirming no more than "a" did
+
+
+def test_news_for_an_order_no_actor_holds_revives_it_once_however_much_comes() -> None:
+    """Two deals of one order reported missing at once gave it two actors, each writing its own
+    history under the same event ids: one revival at a time, the news goes to its actor."""
+    supervisor = Supervisor()
+    io = Captured(supervisor, "supervisor")
+    supervisor.peers = Peers(recorder="recorder")
+    supervisor.idle = ["actor-1", "actor-2"]
+    order = event(uuid.uuid4()).order
+    first, second = (Orphan(BrokerUpdate(order.order_id, deal_news(order, deal))) for deal in (1, 2))
+    supervisor.receiveMsg_Orphan(first, "positions")
+    supervisor.receiveMsg_Orphan(second, "positions")
+    assert [type(m) for _, m in io.sent] == [Rehydrate]  # asked once
+    supervisor.receiveMsg_Rehydrated(Rehydrated(order.order_id, order, first.update.news), "recorder")
+    supervisor.receiveMsg_Rehydrated(Rehydrated(order.order_id, order, second.update.news), "recorder")  # (a late answer)
+    assigned = [(t, m) for t, m in io.sent if isinstance(m, Assign)]
+    assert [t for t, _ in assigned] == ["actor-2"] and supervisor.active == {order.order_id: "actor-2"}
+    assert (("actor-2", BrokerUpdate(order.order_id, second.update.news))) in io.sent  # the other news: to its actor

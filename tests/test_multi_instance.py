@@ -5,8 +5,8 @@ One instance is SIGKILLed with filled and resting orders of its own: the other t
 partitions over, rebuilds their orders from ClickHouse, reconciles them with the broker and
 goes on serving them (a new signal fills, a resting order is cancelled by an operator through
 the survivor's CLI), with one broker order per signal throughout. The dead one comes back and
-gets its share again. (The three-instance fault scenario under load: tests/chaos.py
---scenario instances_killed.)
+gets its share again. (The three-instance fault scenario under load: instances_killed in
+tests/test_fault_injection.py.)
 """
 
 from __future__ import annotations
@@ -94,6 +94,23 @@ def test_a_dead_instances_partitions_are_taken_over_rebuilt_reconciled_and_serve
         assert len(deals) == len(filled) + 1 and all(n == 1 for _, n in deals), deals
         assert all(order_status(cluster, o) == "submitted" for o in victim_resting[1:])
         assert order_status(cluster, victim_resting[0]) == "cancelled"
+
+        # A halt given to one instance, with its working orders cancelled, is one for every
+        # instance: the other halts too and cancels those of its own partitions.
+        halted = survivor.cli("halt", "--reason", "drill", "--cancel-resting")
+        assert halted.returncode == 0 and "the other instances told to halt and cancel their working orders" in halted.stdout, halted.stdout + halted.stderr
+
+        def halted_everywhere() -> bool:
+            trees = [tree for i in cluster.instances if (status := i.status()) for tree in status.serving.values()]
+            return len(trees) == PARTITIONS and all(tree is not None and tree.halt is not None for tree in trees)
+
+        wait_until(halted_everywhere, 30, 0.5, "every tree of both instances to be halted")
+        theirs = [o for symbol, o in resting if partition_of(symbol, PARTITIONS) in {p for p, name in cluster.held().items() if name == victim.name}]
+        assert theirs, "the victim serves no resting order now: the relay would prove nothing"
+        wait_until(lambda: all(order_status(cluster, o) == "cancelled" for _, o in resting), 30, 0.5, "every working order to be cancelled")
+        resumed = victim.cli("resume")  # and a resume from the other side
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        wait_until(lambda: not any(tree.halt for i in cluster.instances if (status := i.status()) for tree in status.serving.values() if tree), 30, 0.5, "trading to resume everywhere")
     finally:
         cluster.close()
 
