@@ -41,28 +41,30 @@ class Archiver(SinkActor):
 
     async def write(self, batch: list[OrderEvent]) -> None:
         if self.producer is None:  # none yet, or dropped after a failed batch
-            await self.open()  # raises (transient) while Kafka is down: the sink retries the write
+            try:
+                await self.open()
+            except Exception as exc:  # Kafka is not reachable: nothing of the batch was refused
+                raise ConnectionError(f"no Kafka producer: {exc}") from exc
+        producer, sent = self.producer, []
         try:
-            sent = [
-                await self.producer.send(
+            for event in batch:
+                sent.append(await producer.send(
                     self.settings.archive_topic,
                     value=encode(event),
                     key=str(event.order_id).encode(),
                     headers=[("event_id", event.event_id.encode())],
-                )
-                for event in batch
-            ]
-            # Every send settles before the producer may be dropped: none still in flight.
+                ))  # fmt: skip
             failed = [r for r in await asyncio.gather(*sent, return_exceptions=True) if isinstance(r, BaseException)]
             if failed:
                 raise failed[0]
         except Exception:
             # Any failed batch, transient or not, may have used sequence numbers the broker never
-            # stored: one refused, or one aiokafka expired while no leader was known (it assigns the
-            # sequence, then fails it with LeaderNotAvailable/NotLeaderForPartition/KafkaTimeout).
-            # The idempotent producer is then out of step on that partition for good
-            # (OutOfOrderSequenceNumber on every later send); a fresh one (new producer id) is not.
-            producer, self.producer = self.producer, None
+            # stored: one refused, or one aiokafka expired while no leader was known. The
+            # idempotent producer is then out of step on that partition for good
+            # (OutOfOrderSequenceNumber on every later send); a fresh one (a new producer id) is
+            # not. Every send settles first: none is in flight when the producer goes.
+            await asyncio.gather(*sent, return_exceptions=True)
+            self.producer = None
             with contextlib.suppress(Exception):
                 await producer.stop()
             raise

@@ -121,6 +121,8 @@ class Tree:
     started_after_s: float | None = None
     handing_over: bool = False
     status: ServiceStatus | None = None
+    # A relayed halt or resume that came while the tree was starting: sent once it has started.
+    relayed: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -245,6 +247,9 @@ class Coordinator(LoopActor):
         if tree is not None:
             tree.started_after_s = time.monotonic() - tree.taken_at
             log.info("%s is served (%d open orders rebuilt, tree up %.2fs after the lease)", tree.share, message.open_orders, tree.started_after_s)
+            relayed, tree.relayed = tree.relayed, []
+            for command in relayed:
+                self.send(tree.supervisor, command)
 
     def receiveMsg_Renewed(self, message: Renewed, sender: Any) -> None:
         self.holders = message.holders
@@ -320,15 +325,17 @@ class Coordinator(LoopActor):
         control = message.control
         log.warning("instance %s: %s", control.instance, "halt: " + control.reason if control.halt else "resume")
         reason = f"{control.reason} (from instance {control.instance})"
+        commands: list[Any] = [ResumeTrading()] if not control.halt else [
+            HaltTrading(reason),  # (in force before what follows it)
+            *([CancelResting(f"halt: {reason}")] if control.cancel_resting else []),
+            *([Flatten()] if control.flatten else []),
+        ]  # fmt: skip
         for tree in self.trees.values():
-            if not control.halt:
-                self.send(tree.supervisor, ResumeTrading())
+            if tree.started_after_s is None:  # its state is not loaded yet: after that
+                tree.relayed = commands
                 continue
-            self.send(tree.supervisor, HaltTrading(reason))  # (in force before what follows it)
-            if control.cancel_resting:
-                self.send(tree.supervisor, CancelResting(f"halt: {reason}"))
-            if control.flatten:
-                self.send(tree.supervisor, Flatten())
+            for command in commands:
+                self.send(tree.supervisor, command)
 
     def receiveMsg_ControlAnswer(self, message: ControlAnswer, sender: Any) -> None:
         if message.error is not None:

@@ -472,6 +472,10 @@ class Recorder(RoleActor):
         self.send(sender, FillsLoaded(self.store.fills_with_stops()))
 
     def receiveMsg_Rehydrate(self, message: Rehydrate, sender: Any) -> None:
+        if self.parked.pop(message.order_id, None):
+            # Its revival decides them again from the last event in sequence (same ids): taken
+            # later, a dead actor's would mix two histories.
+            log.warning("order %s: hand-overs waiting for the events before them dropped: it is revived", message.order_id)
         known = self.store.history(message.order_id) + [e for e in self.held.events if e.order_id == message.order_id]
         order = unbroken(known)
         if known and (order is None or order.version < max(e.seq for e in known)):

@@ -56,6 +56,7 @@ from messages.actor import (
     Peers,
     QueryBroker,
     Ready,
+    Record,
     Recorded,
     Rehydrate,
     Rehydrated,
@@ -89,7 +90,7 @@ from messages.control import (
     flatten_signal_id,
 )
 from messages.enums import OrderStatus, OrderType, PositionSide, Side, SignalType, TimeInForce
-from messages.order import Order, order_id_for
+from messages.order import Order, OrderEvent, order_id_for
 from messages.signal import SignalRefused, TradingSignal, fingerprint
 from messages.symbols import SYMBOLS
 from model.exposure import Exposure, OpenPosition, PositionsView, closing_side
@@ -195,10 +196,11 @@ class Supervisor(RoleActor):
         # Orders asked of the recorder to be revived, and when: one revival at a time (two actors
         # reviving an order from the same version write two histories with the same event_ids).
         self.rehydrating: dict[uuid.UUID, datetime] = {}
-        # Orders an actor gave back lately: (the actor, the order as assigned, when). Its last
-        # events may still be queued in that actor's process on their way to the recorder: if
-        # it dies before they leave, the order is revived (the model decides them again).
-        self.released: dict[uuid.UUID, tuple[Any, Order, datetime]] = {}
+        # Orders an actor gave back lately with events the recorder had not acknowledged yet:
+        # (the actor, those events, when). If the actor dies before the recorder has them (a
+        # hand-over lost, not sent again), they are handed over from here: another actor may
+        # hold the order since, and its events wait for these (service/taken.py).
+        self.released: dict[uuid.UUID, tuple[Any, list[OrderEvent], datetime]] = {}
         # Orders recovered at start and not yet confirmed with the broker.
         self.reconciling: set[uuid.UUID] = set()
         self.started_at = datetime.now(UTC)
@@ -384,19 +386,37 @@ class Supervisor(RoleActor):
         elif self.pool_size < self.settings.order_actor_max:
             actor = self._new_order_actor()
         else:
-            self.waiting.append(assignment)
+            self._wait_for_an_actor(assignment)
             return
         self.active[order_id] = actor
         self.active_orders[order_id] = assignment.order
         self.resting.pop(order_id, None)
         self.send(actor, assignment)
 
+    def _wait_for_an_actor(self, assignment: Assign) -> None:
+        """Queued for the next free actor; one queued for the same order already takes this one
+        in (two would give the order two actors). Two pieces of news: it asks the broker."""
+        order_id = assignment.order.order_id
+        queued = next((i for i, w in enumerate(self.waiting) if w.order.order_id == order_id), None)
+        if queued is None:
+            self.waiting.append(assignment)
+            return
+        first = self.waiting[queued]
+        self.waiting[queued] = Assign(
+            max(first.order, assignment.order, key=lambda order: order.version),
+            reconcile=first.reconcile or assignment.reconcile or (first.news is not None and assignment.news is not None),
+            news=assignment.news or first.news,
+            cancel=assignment.cancel or first.cancel,
+            modify=assignment.modify or first.modify,
+        )
+
     def receiveMsg_Released(self, message: Released, sender: Any) -> None:
         order = message.order
         self._reconciled(order.order_id)
         self.active.pop(order.order_id, None)
-        if (assigned := self.active_orders.pop(order.order_id, None)) is not None:
-            self.released[order.order_id] = (sender, assigned, datetime.now(UTC))
+        self.active_orders.pop(order.order_id, None)
+        if message.unacknowledged:
+            self.released[order.order_id] = (sender, message.unacknowledged, datetime.now(UTC))
         if order.status in TERMINAL:
             self.exposure.ended(order, datetime.now(UTC))
         else:
@@ -464,7 +484,7 @@ class Supervisor(RoleActor):
             log.error("broker news for an order never recorded here: %s", message.news)
             return
         if message.news is None and order.status in TERMINAL and not needs_actor(order):
-            return  # a released order whose events did reach the recorder: nothing to revive
+            return  # its recorded history ends: nothing to revive
         self._assign(Assign(order, reconcile=True, news=message.news))
 
     # --- operator commands and tracing ----------------------------------------------------------------
@@ -714,6 +734,8 @@ class Supervisor(RoleActor):
                 self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
                 self._configure(getattr(self.peers, role))
                 self._broadcast_peers()
+                if role == "recorder" and self.handed_over:
+                    self._resend(0.0)  # the events of released orders it handed over itself
                 return
         if not any(actor == dead for actor in [*self.idle, *self.active.values()]):
             return  # not a child of ours (any more)
@@ -727,11 +749,11 @@ class Supervisor(RoleActor):
                 del self.active[order_id]
                 self.reviving[order_id] = self.active_orders.pop(order_id)
                 self._rehydrate(order_id)
-        for order_id, (actor, assigned, _) in list(self.released.items()):
-            if actor == dead and order_id not in self.active:
+        for order_id, (actor, events, _) in list(self.released.items()):
+            if actor == dead:
                 del self.released[order_id]
-                self.reviving[order_id] = assigned
-                self._rehydrate(order_id)
+                log.warning("the actor that released order %s died: its last events are handed over again", order_id)
+                self.hand_over(Record(events))
         while len(self.idle) < self.settings.order_actor_pool and self.pool_size < self.settings.order_actor_max:
             self.idle.append(self._new_order_actor())
 

@@ -224,9 +224,11 @@ class Assign(msgspec.Struct, frozen=True):
 
 
 class Released(msgspec.Struct, frozen=True):
-    """The actor is done with the order for now: it is terminal or resting at the broker."""
+    """The actor is done with the order for now: it is terminal or resting at the broker.
+    ``unacknowledged``: its events the recorder has not acknowledged yet (actors/base.py)."""
 
     order: Order
+    unacknowledged: list[OrderEvent] = msgspec.field(default_factory=list)
 
 
 class Submit(msgspec.Struct, frozen=True):

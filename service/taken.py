@@ -10,7 +10,8 @@ before it: from its sender, sent again, or from the order's revival, which goes 
 last event recorded in sequence.
 
 An order created before this recorder started may have history it never saw (a restart, a
-partition taken over): its events are taken as they come, as is an order's first event.
+partition taken over): its events are taken as they come, as is an order's first event, and
+so are those of an order created no later than one forgotten (the memory is bounded).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ RECENT = 200_000
 
 class Taken:
     def __init__(self, started_at: datetime, bound: int = RECENT) -> None:
-        self.started_at = started_at
         self.bound = bound
         self.event_ids: dict[str, None] = {}
-        self.last_seq: dict[uuid.UUID, int] = {}
+        # order_id -> (the last seq taken, when the order was created), least recently taken first
+        self.last_seq: dict[uuid.UUID, tuple[int, datetime]] = {}
+        self.known_since = started_at  # orders created before this may have history not known here
 
     def has(self, event: OrderEvent) -> bool:
         return event.event_id in self.event_ids
@@ -38,14 +40,16 @@ class Taken:
         """Whether ``event`` may be taken now: the next of its order (or one taken before)."""
         last = self.last_seq.get(event.order_id)
         if last is None:
-            return event.seq == 1 or event.order.created_at < self.started_at
-        return event.seq <= last + 1
+            return event.seq == 1 or event.order.created_at <= self.known_since
+        return event.seq <= last[0] + 1
 
     def add(self, events: list[OrderEvent]) -> None:
         for event in events:
             self.event_ids[event.event_id] = None
-            last = self.last_seq.pop(event.order_id, 0)
-            self.last_seq[event.order_id] = max(last, event.seq)  # (re-inserted: the latest last)
-        for remembered in (self.event_ids, self.last_seq):
-            while len(remembered) > self.bound:
-                del remembered[next(iter(remembered))]
+            last, _ = self.last_seq.pop(event.order_id, (0, event.order.created_at))
+            self.last_seq[event.order_id] = (max(last, event.seq), event.order.created_at)  # (re-inserted: the latest last)
+        while len(self.event_ids) > self.bound:
+            del self.event_ids[next(iter(self.event_ids))]
+        while len(self.last_seq) > self.bound:
+            _, created_at = self.last_seq.pop(next(iter(self.last_seq)))
+            self.known_since = max(self.known_since, created_at)

@@ -29,6 +29,7 @@ from messages.actor import (
     Recorded,
     Rehydrate,
     Rehydrated,
+    Released,
 )
 from messages.enums import OrderType, Side
 from messages.order import Order, OrderEvent
@@ -37,6 +38,7 @@ from service.config import Settings
 from service.outbox import Batch, Outbox
 from service.partitions import Share
 from service.store import Store
+from service.taken import Taken
 
 
 class Captured:
@@ -218,3 +220,45 @@ def test_news_for_an_order_no_actor_holds_revives_it_once_however_much_comes() -
     assigned = [(t, m) for t, m in io.sent if isinstance(m, Assign)]
     assert [t for t, _ in assigned] == ["actor-2"] and supervisor.active == {order.order_id: "actor-2"}
     assert (("actor-2", BrokerUpdate(order.order_id, second.update.news))) in io.sent  # the other news: to its actor
+
+
+def test_an_order_forgotten_by_the_recorder_is_taken_as_it_comes() -> None:
+    """The recorder remembers a bounded number of orders: one it forgot is not held back for
+    events it took long ago."""
+    first, second = history(uuid.uuid4()), history(uuid.uuid4())
+    taken = Taken(datetime(2026, 1, 1, tzinfo=UTC), bound=1)
+    taken.add(first[:1])
+    taken.add(second[:1])  # the first order is forgotten
+    assert taken.follows(first[1]) and not taken.follows(msgspec.structs.replace(second[1], seq=3))
+
+
+def test_a_released_orders_last_events_are_handed_over_again_when_the_actor_that_released_it_dies() -> None:
+    """Its last hand-over may have been lost on the way, while another actor took the order over:
+    that one's events wait for these (service/taken.py), which only the supervisor still has."""
+    supervisor = Supervisor()
+    io = Captured(supervisor, "supervisor")
+    supervisor.settings = Settings()
+    supervisor.peers = Peers(recorder="recorder")
+    supervisor._new_order_actor = lambda: "actor-new"  # type: ignore[method-assign]
+    supervisor.pool_size = 1
+    created, submitted, placed = history(uuid.uuid4(), model.Placed(555))
+    supervisor.receiveMsg_Released(Released(placed.order, [placed]), "actor-1")  # resting; PLACED not acknowledged
+    supervisor._child_died("actor-1")
+    records = [(t, m.events) for t, m in io.sent if isinstance(m, Record)]
+    assert records == [("recorder", [placed])]
+    assert supervisor.handed_over  # kept until the recorder acknowledges it
+
+
+def test_an_order_waiting_for_a_free_actor_is_queued_once() -> None:
+    """With every actor busy, two pieces of news for a resting order queued two assignments:
+    the order got two actors. The second joins the first, which then asks the broker."""
+    supervisor = Supervisor()
+    Captured(supervisor, "supervisor")
+    supervisor.settings = Settings(order_actor_max=0)
+    supervisor.peers = Peers(recorder="recorder")
+    placed = history(uuid.uuid4(), model.Placed(555))[-1]
+    supervisor.resting[placed.order_id] = placed.order
+    first, second = (Orphan(BrokerUpdate(placed.order_id, deal_news(placed.order, deal))) for deal in (1, 2))
+    supervisor.receiveMsg_Orphan(first, "gateway")
+    supervisor.receiveMsg_Orphan(second, "gateway")
+    assert [(a.order.order_id, a.reconcile, a.news) for a in supervisor.waiting] == [(placed.order_id, True, second.update.news)]
