@@ -64,6 +64,8 @@ EXIT_REASONS = {
 DEALS_OVERLAP = timedelta(minutes=1)
 DEAL_GRACE = timedelta(seconds=3)
 RECOVER_AGAIN = timedelta(seconds=30)
+# A reconciliation once missing deals are recovered: one more, not one more periodic chain.
+COMPARE_AGAIN = "compare again"
 
 
 def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None, at: datetime) -> Position:
@@ -247,7 +249,8 @@ class PositionKeeper(RoleActor):
         if self.handover_wakeup(message):
             return
         self.send(self.peers.gateway, QueryPositions(self.deals_checked_until))
-        self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
+        if message.payload != COMPARE_AGAIN:
+            self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
     def receiveMsg_QueryPositions(self, message: QueryPositions, sender: Any) -> None:
         """Reconcile now (an operator's or a test's request)."""
@@ -277,7 +280,7 @@ class PositionKeeper(RoleActor):
             else:
                 self.send(self.peers.supervisor, Orphan(BrokerUpdate(deal.order_id, deal)))
         if missing:
-            self.wakeupAfter(timedelta(seconds=1))  # compare again once they are recorded
+            self.wakeupAfter(timedelta(seconds=1), payload=COMPARE_AGAIN)  # once they are recorded
         elif not self.recovering:  # (else asked for again from there: a recovery may not take)
             self.deals_checked_until = now - DEALS_OVERLAP
         return bool(missing)

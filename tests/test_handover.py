@@ -16,6 +16,7 @@ from harness import clickhouse_front
 
 from actors import base
 from actors.base import HANDOVER, RoleActor
+from actors.positions import COMPARE_AGAIN, PositionKeeper
 from actors.recorder import ACKNOWLEDGE, Recorder
 from actors.supervisor import Supervisor
 from messages import broker as wire
@@ -25,6 +26,7 @@ from messages.actor import (
     Configure,
     Orphan,
     Peers,
+    QueryPositions,
     Record,
     Recorded,
     Rehydrate,
@@ -262,3 +264,16 @@ def test_an_order_waiting_for_a_free_actor_is_queued_once() -> None:
     supervisor.receiveMsg_Orphan(first, "gateway")
     supervisor.receiveMsg_Orphan(second, "gateway")
     assert [(a.order.order_id, a.reconcile, a.news) for a in supervisor.waiting] == [(placed.order_id, True, second.update.news)]
+
+
+def test_a_reconciliation_asked_for_once_more_does_not_start_another_periodic_one() -> None:
+    """Each round that recovered a deal used to add a reconciliation chain of its own: the
+    keeper's load grew with every recovery until its messages queued for a minute."""
+    keeper = PositionKeeper()
+    io = Captured(keeper, "positions")
+    keeper.settings = Settings()
+    keeper.peers = Peers(gateway="gateway")
+    keeper.receiveMsg_WakeupMessage(SimpleNamespace(payload=COMPARE_AGAIN), "positions")
+    assert [t for t, m in io.sent if isinstance(m, QueryPositions)] == ["gateway"] and io.timers == []
+    keeper.receiveMsg_WakeupMessage(SimpleNamespace(payload=None), "positions")  # the periodic one goes on
+    assert len([m for _, m in io.sent if isinstance(m, QueryPositions)]) == 2 and io.timers == [None]
