@@ -13,7 +13,15 @@ import random
 from pathlib import Path
 
 import pytest
-from chaos import OUTCOMES, KafkaOutage, Outcome, run_scenario, scenarios, summary
+from chaos import (
+    OUTCOMES,
+    KafkaOutage,
+    Outcome,
+    run_instances_scenario,
+    run_scenario,
+    scenarios,
+    summary,
+)
 
 SEED = int(os.environ.get("EXEC_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
 SIGNALS = int(os.environ.get("EXEC_CHAOS_SIGNALS", "120"))
@@ -52,3 +60,11 @@ def test_nothing_is_lost_or_duplicated_when_kafka_is_down_for_30s(tmp_path: Path
     assert outcome.passed, f"seed {SEED}: {outcome.invariants}"
 
 
+def test_nothing_is_lost_or_duplicated_when_instances_sharing_the_work_die(
+    tmp_path: Path, kafka_bootstrap: str, outcomes: list[Outcome]
+) -> None:
+    """Three instances, three partitions, a steady load: one SIGKILLed, then a second, then both
+    started again (chaos.run_instances_scenario)."""
+    outcome = run_instances_scenario(tmp_path, kafka_bootstrap, SEED)
+    outcomes.append(outcome)
+    assert outcome.passed, f"seed {SEED}: {outcome.invariants}"

@@ -5,8 +5,8 @@ One instance is SIGKILLed with filled and resting orders of its own: the other t
 partitions over, rebuilds their orders from ClickHouse, reconciles them with the broker and
 goes on serving them (a new signal fills, a resting order is cancelled by an operator through
 the survivor's CLI), with one broker order per signal throughout. The dead one comes back and
-gets its share again. (The three-instance fault scenario under load: tests/chaos.py
---scenario instances_killed.)
+gets its share again. (The three-instance fault scenario under load: instances_killed in
+tests/test_fault_injection.py.)
 """
 
 from __future__ import annotations
