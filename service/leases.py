@@ -173,21 +173,30 @@ class Leases:
         return lost
 
     async def join(self) -> None:
-        """Announce this instance. Its id may still be present from a run that died (it ages
-        out within the TTL): waited for. Present and renewed beyond that: another live instance
-        uses the same id, and this one refuses to start (DuplicateInstance)."""
+        """Announce this instance. Its id may still be present from a run that died: that entry
+        is no longer renewed, and is waited for until the server expires it, or for a TTL and
+        a margin if the server's expiry runs late. Renewed meanwhile (its revision moves):
+        another live instance uses the same id, and this one refuses to start."""
         kv = await self.open()
+        found = await self._presence(kv)
         deadline = time.monotonic() + self.ttl_s + SAFETY_MARGIN_S
-        while True:
-            try:
-                await kv.get(INSTANCE_KEY + self.me)
-            except KeyNotFoundError:
-                break
-            if time.monotonic() >= deadline:
-                raise DuplicateInstance(f"another live instance has the id {self.me!r}: give each instance its own instance_id")
+        while found is not None and time.monotonic() < deadline:
             log.warning("instance id %s is still present (a run that died?): waiting for it to expire", self.me)
             await asyncio.sleep(self.interval_s)
+            now = await self._presence(kv)
+            if now is None:
+                break
+            if now != found:
+                raise DuplicateInstance(f"another live instance has the id {self.me!r}: give each instance its own instance_id")
         await kv.put(INSTANCE_KEY + self.me, self.token)
+
+    async def _presence(self, kv: KeyValue) -> int | None:
+        """The revision of this id's presence entry; None if there is none."""
+        try:
+            entry = await kv.get(INSTANCE_KEY + self.me)
+        except KeyNotFoundError:
+            return None
+        return entry.revision
 
     async def look(self) -> tuple[set[str], dict[int, str]]:
         """The live instances and who holds each partition, as the bucket says now."""

@@ -216,3 +216,25 @@ def test_a_second_live_instance_with_the_same_id_is_refused(nats_server: NatsSer
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_a_dead_runs_presence_that_the_server_expires_late_does_not_block_a_restart(nats_server: NatsServer) -> None:
+    """The server's expiry timer may run seconds late on a loaded host: an entry that nobody
+    renews for a TTL is a dead run's, and the restart goes on."""
+
+    async def run() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        bucket = f"L{uuid.uuid4().hex[:8]}"
+        try:
+            kv = await js.create_key_value(bucket=bucket, ttl=60, history=1)  # expires far too late
+            await kv.put("instance.same", b"dead run")
+            started = time.monotonic()
+            await Leases(js, bucket, "same", 1, 1.0).join()
+            assert 1.0 <= time.monotonic() - started < 5.0
+            assert (await kv.get("instance.same")).value != b"dead run"
+        finally:
+            await js.delete_key_value(bucket)
+            await nc.close()
+
+    asyncio.run(run())
