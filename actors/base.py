@@ -12,10 +12,11 @@ recorder did acknowledge (a gap: it was lost on the way) goes again at once. Onl
 for ``RESEND_AFTER_S`` goes again without that evidence, as a last resort: a recorder that is
 merely behind must not be flooded with copies of what it is about to take (resending after a
 few seconds turned a busy recorder into a storm of copies that it then fell further behind
-on). The recorder drops events it already has by event_id. They are kept per actor *process*, not per order: a released OrderActor that
-takes the next order still holds the last order's unacknowledged events, and no message is
-added to hand them elsewhere (the supervisor would be one more hop per order and a bottleneck).
-If the process itself dies, its order is revived from what was recorded and from the broker.
+on). The recorder drops events it already has by event_id. They are kept per actor *process*,
+not per order: a released OrderActor that takes the next order still holds the last order's
+unacknowledged events. Its ``Released`` carries a copy of them, which the supervisor keeps for
+a minute: if that process dies meanwhile, the supervisor hands them over itself. An order
+whose actor dies while it is active is revived from what was recorded and from the broker.
 """
 
 from __future__ import annotations

@@ -193,9 +193,10 @@ class Supervisor(RoleActor):
         self.starter: Any = None
         # Orders whose actor died, as they were last assigned, until revived.
         self.reviving: dict[uuid.UUID, Order] = {}
-        # Orders asked of the recorder to be revived, and when: one revival at a time (two actors
-        # reviving an order from the same version write two histories with the same event_ids).
-        self.rehydrating: dict[uuid.UUID, datetime] = {}
+        # Orders asked of the recorder to be revived, when, and the news that asked: one revival
+        # at a time (two actors reviving an order from the same version write two histories
+        # with the same event_ids). Asked again if the answer is lost (with a recorder).
+        self.rehydrating: dict[uuid.UUID, tuple[datetime, BrokerNews | None]] = {}
         # Orders an actor gave back lately with events the recorder had not acknowledged yet:
         # (the actor, those events, when). If the actor dies before the recorder has them (a
         # hand-over lost, not sent again), they are handed over from here: another actor may
@@ -463,14 +464,25 @@ class Supervisor(RoleActor):
         now = datetime.now(UTC)
         asked = self.rehydrating.get(order_id)
         # (an answer not back within REHYDRATE_TIMEOUT was lost with a recorder: asked again)
-        if asked is not None and now - asked < REHYDRATE_TIMEOUT or any(w.order.order_id == order_id for w in self.waiting):
+        if asked is not None and now - asked[0] < REHYDRATE_TIMEOUT or any(w.order.order_id == order_id for w in self.waiting):
             return  # the revival under way asks the broker (reconcile): it hears of this news too
-        self.rehydrating[order_id] = now
+        self.rehydrating[order_id] = (now, news)
         self.send(self.peers.recorder, Rehydrate(order_id, news))
 
+    def _rehydrate_again(self, older_than: timedelta) -> None:
+        """Ask again for the revivals not answered within ``older_than``: the Rehydrate or its
+        answer was lost (with a recorder that died, or on the way), and no news may come to ask."""
+        now = datetime.now(UTC)
+        for order_id, (asked, news) in list(self.rehydrating.items()):
+            if now - asked >= older_than:
+                log.warning("the revival of order %s was not answered: asked again", order_id)
+                del self.rehydrating[order_id]
+                self._rehydrate(order_id, news)
+
     def receiveMsg_Rehydrated(self, message: Rehydrated, sender: Any) -> None:
-        """Revive from the latest of what was recorded and what this supervisor last handed
-        out (an actor may die before anything of its order was recorded)."""
+        """Revive from the latest of what was recorded, what this supervisor last handed out
+        (an actor may die before anything of its order was recorded) and what an actor gave
+        back with events not recorded yet."""
         order = message.order
         assigned = self.reviving.pop(message.order_id, None)
         self.rehydrating.pop(message.order_id, None)
@@ -478,8 +490,11 @@ class Supervisor(RoleActor):
             if message.news is not None:
                 self.send(self.active[message.order_id], BrokerUpdate(message.order_id, message.news))
             return
-        if assigned is not None and (order is None or assigned.version > order.version):
-            order = assigned
+        released = self.released.get(message.order_id)
+        for latest in (assigned, released[1][-1].order if released else None):
+            # (events not recorded yet: the next actor's events must follow them, not fork)
+            if latest is not None and (order is None or latest.version > order.version):
+                order = latest
         if order is None:
             log.error("broker news for an order never recorded here: %s", message.news)
             return
@@ -704,6 +719,7 @@ class Supervisor(RoleActor):
         # By now a released order's events have long left its actor (or were resent).
         self.released = {o: v for o, v in self.released.items() if now - v[2] <= RELEASED_KEPT}
         self.exposure.expire(now)
+        self._rehydrate_again(REHYDRATE_TIMEOUT)
         for order in list(self.resting.values()):
             if order.expires_at is not None and order.expires_at + EXPIRY_GRACE < now:
                 self.receiveMsg_CancelOrder(CancelOrder(order.order_id, "expired (system)"), self.myAddress)
@@ -734,8 +750,10 @@ class Supervisor(RoleActor):
                 self.peers = Peers(**{**_peer_fields(self.peers), role: self.createActor(ROLES[role])})
                 self._configure(getattr(self.peers, role))
                 self._broadcast_peers()
-                if role == "recorder" and self.handed_over:
-                    self._resend(0.0)  # the events of released orders it handed over itself
+                if role == "recorder":
+                    if self.handed_over:
+                        self._resend(0.0)  # the events of released orders it handed over itself
+                    self._rehydrate_again(timedelta(0))  # the dead one will not answer
                 return
         if not any(actor == dead for actor in [*self.idle, *self.active.values()]):
             return  # not a child of ours (any more)

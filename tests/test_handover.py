@@ -18,7 +18,7 @@ from actors import base
 from actors.base import HANDOVER, RoleActor
 from actors.positions import COMPARE_AGAIN, PositionKeeper
 from actors.recorder import ACKNOWLEDGE, Recorder
-from actors.supervisor import Supervisor
+from actors.supervisor import REHYDRATE_TIMEOUT, Supervisor
 from messages import broker as wire
 from messages.actor import (
     Assign,
@@ -224,6 +224,28 @@ def test_news_for_an_order_no_actor_holds_revives_it_once_however_much_comes() -
     assert (("actor-2", BrokerUpdate(order.order_id, second.update.news))) in io.sent  # the other news: to its actor
 
 
+def test_a_revival_not_answered_is_asked_again_with_its_news_and_at_once_of_a_new_recorder() -> None:
+    """The Rehydrate, or its answer, dies with a recorder: no news may come to ask again."""
+    supervisor = Supervisor()
+    io = Captured(supervisor, "supervisor")
+    supervisor.settings = Settings()
+    supervisor.peers = Peers(recorder="recorder-1")
+    supervisor.createActor = lambda kind: "recorder-2"  # type: ignore[method-assign]
+    supervisor._configure = supervisor._broadcast_peers = lambda *args: None  # type: ignore[method-assign]
+    order = event(uuid.uuid4()).order
+    news = deal_news(order, 1)
+    supervisor._rehydrate(order.order_id, news)
+    supervisor._rehydrate_again(REHYDRATE_TIMEOUT)  # answered within the timeout, maybe: not asked yet
+    supervisor._child_died("recorder-1")
+    asked = [(t, m) for t, m in io.sent if isinstance(m, Rehydrate)]
+    assert asked == [("recorder-1", Rehydrate(order.order_id, news)), ("recorder-2", Rehydrate(order.order_id, news))]
+    supervisor.rehydrating[order.order_id] = (datetime.now(UTC) - REHYDRATE_TIMEOUT, news)  # lost on the way
+    supervisor._rehydrate_again(REHYDRATE_TIMEOUT)
+    assert io.sent[-1] == ("recorder-2", Rehydrate(order.order_id, news))
+    supervisor.receiveMsg_Rehydrated(Rehydrated(order.order_id, order, news), "recorder-2")
+    assert order.order_id not in supervisor.rehydrating
+
+
 def test_an_order_forgotten_by_the_recorder_is_taken_as_it_comes() -> None:
     """The recorder remembers a bounded number of orders: one it forgot is not held back for
     events it took long ago."""
@@ -249,6 +271,22 @@ def test_a_released_orders_last_events_are_handed_over_again_when_the_actor_that
     records = [(t, m.events) for t, m in io.sent if isinstance(m, Record)]
     assert records == [("recorder", [placed])]
     assert supervisor.handed_over  # kept until the recorder acknowledges it
+
+
+def test_an_order_revived_while_its_last_events_are_not_recorded_goes_on_from_them() -> None:
+    """Late news for an order an actor gave back ended: reviving it from what was recorded
+    would write a second version of the events still on their way, under other event ids."""
+    supervisor = Supervisor()
+    io = Captured(supervisor, "supervisor")
+    supervisor.peers = Peers(recorder="recorder")
+    supervisor.idle = ["actor-1"]
+    created, submitted, placed, cancelled = history(uuid.uuid4(), model.Placed(555), model.Ended(model.EndCause.CANCELLED, 0.1))
+    supervisor.receiveMsg_Released(Released(cancelled.order, [placed, cancelled]), "actor-2")
+    news = deal_news(cancelled.order, 1)
+    supervisor.receiveMsg_Orphan(Orphan(BrokerUpdate(cancelled.order.order_id, news)), "positions")
+    supervisor.receiveMsg_Rehydrated(Rehydrated(cancelled.order.order_id, submitted.order, news), "recorder")
+    assigned = [m for _, m in io.sent if isinstance(m, Assign)]
+    assert [a.order for a in assigned] == [cancelled.order] and assigned[0].news == news
 
 
 def test_an_order_waiting_for_a_free_actor_is_queued_once() -> None:
