@@ -2,21 +2,22 @@
 the messages it sends, sets its gauges after each message it handles, and keeps what it hands
 to the recorder until the recorder has it.
 
-**Hand-overs to the recorder are acknowledged.** A message in Thespian's transport to a
-process that is killed is lost without a dead letter (the receiving side took it off the
-socket but never handled it). So Record, RecordDeals and RecordPositions carry a number; the
-recorder answers ``Recorded`` for many of them at once (one message per sender per ack window,
-after the outbox append), and the sender keeps each one until then: a new recorder (a Peers
-broadcast) gets every unacknowledged one again at once, and one older than a number the
-recorder did acknowledge (a gap: it was lost on the way) goes again at once. Only one unanswered
-for ``RESEND_AFTER_S`` goes again without that evidence, as a last resort: a recorder that is
-merely behind must not be flooded with copies of what it is about to take (resending after a
-few seconds turned a busy recorder into a storm of copies that it then fell further behind
-on). The recorder drops events it already has by event_id. They are kept per actor *process*,
-not per order: a released OrderActor that takes the next order still holds the last order's
-unacknowledged events. Its ``Released`` carries a copy of them, which the supervisor keeps for
-a minute: if that process dies meanwhile, the supervisor hands them over itself. An order
-whose actor dies while it is active is revived from what was recorded and from the broker.
+**Hand-overs to the recorder are acknowledged.** A message in Thespian's transport to a process
+that is killed is lost without a dead letter (the receiving side took it off the socket but
+never handled it). So Record, RecordDeals and RecordPositions carry a number; the recorder
+answers ``Recorded`` for many of them at once (one message per sender per ack window, after the
+outbox append), and the sender keeps each one until then: a new recorder (a Peers broadcast)
+gets every unacknowledged one again at once, and one older than a number the recorder did
+acknowledge (a gap: it was lost on the way) goes again at once. Only one unanswered for
+``RESEND_AFTER_S`` goes again without that evidence, as a last resort, and each such copy
+doubles the wait for the next: a recorder that is merely behind must not be flooded with copies
+of what it is about to take (resending after a few seconds turned a busy recorder into a storm
+of copies that it then fell further behind on). The recorder drops events it already has by
+event_id. They are kept per actor *process*, not per order: a released OrderActor that takes
+the next order still holds the last order's unacknowledged events. Its ``Released`` carries a
+copy of them, which the supervisor keeps for a minute: if that process dies meanwhile, the
+supervisor hands them over itself. An order whose actor dies while it is active is revived from
+what was recorded and from the broker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import time
 from collections import Counter
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from thespian.actors import ActorTypeDispatcher, WakeupMessage
@@ -38,11 +39,22 @@ from service.logs import Log
 log = Log(__name__)
 
 # A hand-over neither acknowledged nor shown lost (by a gap) within this long goes again, as a
-# last resort: the recorder acknowledges within its ack window, a busy one much later.
+# last resort: the recorder acknowledges within its ack window, a busy one much later. Each such
+# copy doubles the wait for the next (up to RESEND_PATIENCE_MAX_S): a recorder minutes behind
+# gets one copy, not one a minute on top of its backlog.
 RESEND_AFTER_S = 60.0
+RESEND_PATIENCE_MAX_S = 480.0
 # A copy sent again because of a gap gets this long to be acknowledged before the next copy.
 LOST_AFTER_S = 1.0
 HANDOVER = "resend unacknowledged hand-overs"
+
+
+class HandOver(NamedTuple):
+    """A hand-over to the recorder not acknowledged yet."""
+
+    sent_at: float  # monotonic, of its last copy
+    message: Any
+    patience_s: float = RESEND_AFTER_S  # before the next copy without evidence of a loss
 
 
 class RoleActor(ActorTypeDispatcher):
@@ -52,8 +64,8 @@ class RoleActor(ActorTypeDispatcher):
         super().__init__()
         # Messages this actor sent, by type: what an order costs in inter-process messages.
         self.sent: Counter[str] = Counter()
-        # Hand-overs to the recorder not acknowledged yet: ack -> (when sent, the message).
-        self.handed_over: dict[int, tuple[float, Any]] = {}
+        # Hand-overs to the recorder not acknowledged yet, by their number.
+        self.handed_over: dict[int, HandOver] = {}
         self.last_ack = 0
         self.handover_timer = False
 
@@ -75,7 +87,7 @@ class RoleActor(ActorTypeDispatcher):
         moved = message.recorder != self.peers.recorder if getattr(self, "peers", None) is not None else False
         self.peers = message
         if moved and self.handed_over:
-            self._resend(0.0)  # a new recorder: whatever the old one did not acknowledge
+            self.resend_all()  # a new recorder: whatever the old one did not acknowledge
 
     # --- hand-overs to the recorder -------------------------------------------------------
 
@@ -83,7 +95,7 @@ class RoleActor(ActorTypeDispatcher):
         """Send a Record / RecordDeals / RecordPositions to the recorder and keep it until acknowledged."""
         self.last_ack += 1
         message = msgspec.structs.replace(message, ack=self.last_ack, reply_to=self.myAddress)
-        self.handed_over[self.last_ack] = (time.monotonic(), message)
+        self.handed_over[self.last_ack] = HandOver(time.monotonic(), message)
         self.send(self.peers.recorder, message)
         if not self.handover_timer:
             self.handover_timer = True
@@ -95,7 +107,7 @@ class RoleActor(ActorTypeDispatcher):
         # The recorder takes one sender's hand-overs in the order they were sent: one still
         # unacknowledged below a number it acknowledged was lost on the way.
         highest, now = max(message.acks, default=0), time.monotonic()
-        lost = [ack for ack, (at, _) in self.handed_over.items() if ack < highest and now - at >= LOST_AFTER_S]
+        lost = [ack for ack, kept in self.handed_over.items() if ack < highest and now - kept.sent_at >= LOST_AFTER_S]
         if lost:
             self._send_again(lost, "lost on the way (a later one was acknowledged)")
 
@@ -104,7 +116,10 @@ class RoleActor(ActorTypeDispatcher):
         if message.payload != HANDOVER:
             return False
         self.handover_timer = False
-        self._resend(RESEND_AFTER_S)
+        now = time.monotonic()
+        overdue = [ack for ack, kept in self.handed_over.items() if now - kept.sent_at >= kept.patience_s]
+        if overdue:
+            self._send_again(overdue, "not acknowledged for a minute or more", back_off=True)
         if self.handed_over:
             self.handover_timer = True
             self.wakeupAfter(timedelta(seconds=RESEND_AFTER_S), payload=HANDOVER)
@@ -113,18 +128,18 @@ class RoleActor(ActorTypeDispatcher):
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         self.handover_wakeup(message)
 
-    def _resend(self, older_than_s: float) -> None:
-        now = time.monotonic()
-        due = [ack for ack, (at, _) in self.handed_over.items() if now - at >= older_than_s]
-        if due:
-            self._send_again(due, f"not acknowledged for {older_than_s:.0f}s" if older_than_s else "for a new recorder")
+    def resend_all(self) -> None:
+        """Every unacknowledged hand-over, to a new recorder."""
+        if self.handed_over:
+            self._send_again(list(self.handed_over), "for a new recorder")
 
-    def _send_again(self, acks: list[int], why: str) -> None:
+    def _send_again(self, acks: list[int], why: str, back_off: bool = False) -> None:
         now = time.monotonic()
         for ack in acks:
-            message = self.handed_over[ack][1]
-            self.handed_over[ack] = (now, message)
-            self.send(self.peers.recorder, message)
+            kept = self.handed_over[ack]
+            patience_s = min(RESEND_PATIENCE_MAX_S, kept.patience_s * 2) if back_off else kept.patience_s
+            self.handed_over[ack] = HandOver(now, kept.message, patience_s)
+            self.send(self.peers.recorder, kept.message)
         log.warning("%s: %d hand-overs sent to the recorder again: %s", type(self).__name__, len(acks), why)
 
     def receiveMsg_Ping(self, message: Ping, sender: Any) -> None:

@@ -210,7 +210,7 @@ class OrderActor(RoleActor):
             self.record_timer = True
             self.wakeupAfter(timedelta(milliseconds=self.settings.batch_window_ms), payload=RECORD_HELD)
         if order is not None and release:
-            unacknowledged = [e for _, m in self.handed_over.values() if isinstance(m, Record) for e in m.events if e.order_id == order.order_id]
+            unacknowledged = [e for kept in self.handed_over.values() if isinstance(kept.message, Record) for e in kept.message.events if e.order_id == order.order_id]
             self.send(self.peers.supervisor, Released(order, unacknowledged))
             self.order = None
 

@@ -751,8 +751,7 @@ class Supervisor(RoleActor):
                 self._configure(getattr(self.peers, role))
                 self._broadcast_peers()
                 if role == "recorder":
-                    if self.handed_over:
-                        self._resend(0.0)  # the events of released orders it handed over itself
+                    self.resend_all()  # the events of released orders it handed over itself
                     self._rehydrate_again(timedelta(0))  # the dead one will not answer
                 return
         if not any(actor == dead for actor in [*self.idle, *self.active.values()]):

@@ -15,7 +15,7 @@ import pytest
 from harness import clickhouse_front
 
 from actors import base
-from actors.base import HANDOVER, RoleActor
+from actors.base import HANDOVER, RESEND_AFTER_S, RESEND_PATIENCE_MAX_S, RoleActor
 from actors.positions import COMPARE_AGAIN, PositionKeeper
 from actors.recorder import ACKNOWLEDGE, Recorder
 from actors.supervisor import REHYDRATE_TIMEOUT, Supervisor
@@ -78,7 +78,7 @@ def deal_news(order: Order, deal: int) -> wire.BrokerFill:
     )
 
 
-def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder() -> None:
     actor = RoleActor()
     io = Captured(actor, "order-actor")
     actor.peers = Peers(recorder="recorder-1")
@@ -94,11 +94,41 @@ def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder
     io.sent.clear()
     actor.receiveMsg_Peers(Peers(recorder="recorder-2", archiver="a2"), "supervisor")  # another role: nothing again
     assert io.sent == []
-    monkeypatch.setattr(base, "RESEND_AFTER_S", 0.0)
+    go_back(actor, 2, RESEND_AFTER_S)
     assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # unanswered too long: again
     assert [(t, m.ack) for t, m in io.sent] == [("recorder-2", 2)]
     actor.receiveMsg_Recorded(Recorded([2]), "recorder-2")
     assert not actor.handed_over
+
+
+def go_back(actor: RoleActor, ack: int, seconds: float) -> None:
+    """As if hand-over ``ack`` had been sent ``seconds`` earlier."""
+    kept = actor.handed_over[ack]
+    actor.handed_over[ack] = kept._replace(sent_at=kept.sent_at - seconds)
+
+
+def test_a_recorder_far_behind_gets_copies_ever_more_rarely() -> None:
+    """Without evidence of a loss, each copy doubles the wait for the next: a recorder minutes
+    behind is not sent a copy of everything every minute on top of its backlog."""
+    actor = RoleActor()
+    io = Captured(actor, "order-actor")
+    actor.peers = Peers(recorder="recorder-1")
+    actor.hand_over(Record([event(uuid.uuid4())]))
+    io.sent.clear()
+    waits = []
+    for _ in range(6):
+        patience = actor.handed_over[1].patience_s
+        go_back(actor, 1, patience - 1)
+        actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))
+        assert io.sent == []  # not yet
+        go_back(actor, 1, 1)
+        actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))
+        assert [m.ack for _, m in io.sent] == [1]
+        io.sent.clear()
+        waits.append(patience)
+    assert waits == [RESEND_AFTER_S, 120, 240, RESEND_PATIENCE_MAX_S, RESEND_PATIENCE_MAX_S, RESEND_PATIENCE_MAX_S]
+    actor.receiveMsg_Peers(Peers(recorder="recorder-2"), "supervisor")  # a new recorder: at once all the same
+    assert io.sent == [("recorder-2", actor.handed_over[1].message)]
 
 
 def test_a_hand_over_lost_on_the_way_goes_again_and_a_slow_recorder_is_not_flooded(monkeypatch: pytest.MonkeyPatch) -> None:
