@@ -8,8 +8,9 @@ never handled it). So Record, RecordDeals and RecordPositions carry a number; th
 answers ``Recorded`` for many of them at once (one message per sender per ack window, after the
 outbox append), and the sender keeps each one until then: a new recorder (a Peers broadcast)
 gets every unacknowledged one again at once, and one older than a number the recorder did
-acknowledge (a gap: it was lost on the way) goes again at once. Only one unanswered for
-``RESEND_AFTER_S`` goes again without that evidence, as a last resort, and each such copy
+acknowledge (a gap: it was lost on the way) goes again at once; so does one older than a number
+the recorder parked (held back for the events before it, service/taken.py). Only one unanswered
+for ``RESEND_AFTER_S`` goes again without that evidence, as a last resort, and each such copy
 doubles the wait for the next: a recorder that is merely behind must not be flooded with copies
 of what it is about to take (resending after a few seconds turned a busy recorder into a storm
 of copies that it then fell further behind on). The recorder drops events it already has by
@@ -55,6 +56,7 @@ class HandOver(NamedTuple):
     sent_at: float  # monotonic, of its last copy
     message: Any
     patience_s: float = RESEND_AFTER_S  # before the next copy without evidence of a loss
+    parked: bool = False  # the recorder has it, waiting for its order's events before it
 
 
 class RoleActor(ActorTypeDispatcher):
@@ -104,10 +106,13 @@ class RoleActor(ActorTypeDispatcher):
     def receiveMsg_Recorded(self, message: Recorded, sender: Any) -> None:
         for ack in message.acks:
             self.handed_over.pop(ack, None)
+        for ack in message.parked:
+            if (kept := self.handed_over.get(ack)) is not None:
+                self.handed_over[ack] = kept._replace(parked=True)
         # The recorder takes one sender's hand-overs in the order they were sent: one still
-        # unacknowledged below a number it acknowledged was lost on the way.
-        highest, now = max(message.acks, default=0), time.monotonic()
-        lost = [ack for ack, kept in self.handed_over.items() if ack < highest and now - kept.sent_at >= LOST_AFTER_S]
+        # unacknowledged below a number it acknowledged (or parked) was lost on the way.
+        highest, now = max([*message.acks, *message.parked], default=0), time.monotonic()
+        lost = [ack for ack, kept in self.handed_over.items() if ack < highest and not kept.parked and now - kept.sent_at >= LOST_AFTER_S]
         if lost:
             self._send_again(lost, "lost on the way (a later one was acknowledged)")
 

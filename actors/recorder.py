@@ -108,7 +108,8 @@ class Recorder(RoleActor):
         self.drain_barrier: set[int] | None = None
         self.pressing = False
         # str(sender) -> (sender, acks to send it at the end of the ack window)
-        self.acks: dict[str, tuple[Any, list[int]]] = {}
+        # Per sender, until the ack window ends: (its address, the numbers taken, those parked).
+        self.acks: dict[str, tuple[Any, list[int], list[int]]] = {}
         self.taken = Taken(datetime.now(UTC))
         # Hand-overs out of their order's sequence, unacknowledged until the one before them is
         # taken (service/taken.py): order_id -> (sender, ack) -> (the Record, its sender, since).
@@ -226,6 +227,7 @@ class Recorder(RoleActor):
         if key not in waiting:
             log.warning("order %s: seq %d waits for the events before it (a hand-over lost on the way)", first.order_id, first.seq)
         waiting[key] = (message, sender, since)
+        self._acknowledge(message, sender, parked=True)
         return True
 
     def _unpark(self, order_id: uuid.UUID) -> None:
@@ -270,19 +272,20 @@ class Recorder(RoleActor):
         self.early.append((message, sender))
         return True
 
-    def _acknowledge(self, message: Record | RecordDeals | RecordPositions, sender: Any) -> None:
-        """It is in the outbox: acknowledged with whatever else this sender hands over in the window."""
+    def _acknowledge(self, message: Record | RecordDeals | RecordPositions, sender: Any, parked: bool = False) -> None:
+        """It is in the outbox (or parked): answered with whatever else this sender hands over in the window."""
         if not message.ack:
             return
         to = message.reply_to if message.reply_to is not None else sender
         if not self.acks:
             self.wakeupAfter(timedelta(seconds=ACK_WINDOW_S), payload=ACKNOWLEDGE)
-        self.acks.setdefault(str(to), (to, []))[1].append(message.ack)
+        _, taken, waiting = self.acks.setdefault(str(to), (to, [], []))
+        (waiting if parked else taken).append(message.ack)
 
     def _send_acks(self) -> None:
         acks, self.acks = self.acks, {}
-        for to, numbers in acks.values():
-            self.send(to, Recorded(numbers))
+        for to, taken, parked in acks.values():
+            self.send(to, Recorded(taken, parked))
 
     def _hold(self, batch: Batch) -> None:
         self.outbox.append(batch)

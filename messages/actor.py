@@ -298,9 +298,13 @@ class RecordPositions(msgspec.Struct, frozen=True):
 
 class Recorded(msgspec.Struct, frozen=True):
     """The recorder has these hand-overs (by their ``ack``) in its outbox: one answer per
-    sender per ack window, however many it took in that window."""
+    sender per ack window, however many it took in that window. ``parked``: hand-overs it holds
+    back, not recorded yet, until their orders' events before them arrive (service/taken.py):
+    not to be sent again for a later number, and like one, a sign that what the sender handed
+    over before them was lost on the way."""
 
     acks: list[int]
+    parked: list[int] = msgspec.field(default_factory=list)
 
 
 class Publish(msgspec.Struct, frozen=True):

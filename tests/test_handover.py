@@ -148,6 +148,28 @@ def test_a_hand_over_lost_on_the_way_goes_again_and_a_slow_recorder_is_not_flood
     assert not actor.handed_over
 
 
+def test_a_parked_hand_over_shows_the_ones_before_it_lost_and_is_not_sent_again_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender whose later hand-over the recorder holds back learns at once that the earlier
+    one is missing (no later one may be acknowledged for a long while: the actor may be idle),
+    and does not resend the parked one each time a later number is acknowledged."""
+    actor = RoleActor()
+    io = Captured(actor, "order-actor")
+    actor.peers = Peers(recorder="recorder-1")
+    monkeypatch.setattr(base, "LOST_AFTER_S", 0.0)
+    created, submitted, filled = history(uuid.uuid4(), model.Placed(555))
+    actor.hand_over(Record([created, submitted]))  # lost on the way
+    actor.hand_over(Record([filled]))
+    io.sent.clear()
+    actor.receiveMsg_Recorded(Recorded([], parked=[2]), "recorder-1")
+    assert [m.ack for _, m in io.sent] == [1]
+    actor.hand_over(Record([event(uuid.uuid4())]))
+    io.sent.clear()
+    actor.receiveMsg_Recorded(Recorded([3]), "recorder-1")  # 1 still missing; 2 parked: not again
+    assert [m.ack for _, m in io.sent] == [1]
+    actor.receiveMsg_Recorded(Recorded([1, 2]), "recorder-1")
+    assert not actor.handed_over
+
+
 def test_the_recorder_acknowledges_per_sender_per_window_and_drops_what_it_has(tmp_path: Path) -> None:
     recorder = Recorder()
     io = Captured(recorder, "recorder")
@@ -186,6 +208,9 @@ def test_an_orders_hand_over_that_comes_before_the_one_before_it_waits_for_it(tm
     created, submitted, placed = history(uuid.uuid4(), model.Placed(555))
     recorder.receiveMsg_Record(Record([placed], ack=1, reply_to="actor-2"), "actor-2")  # before the first, lost on the way
     assert not recorder.held.events and recorder.parked  # waiting, unacknowledged
+    recorder.receiveMsg_WakeupMessage(SimpleNamespace(payload=ACKNOWLEDGE), "recorder")
+    assert io.sent == [("actor-2", Recorded([], parked=[1]))]  # its sender is told: what it sent before may be lost
+    io.sent.clear()
     recorder.receiveMsg_Record(Record([placed], ack=1, reply_to="actor-2"), "actor-2")  # sent again: still waiting
     recorder.receiveMsg_Record(Record([created, submitted], ack=4, reply_to="actor-1"), "actor-1")  # the first, again
     assert [e.seq for e in recorder.held.events] == [1, 2, 3] and not recorder.parked
