@@ -10,15 +10,16 @@ outbox append), and the sender keeps each one until then: a new recorder (a Peer
 gets every unacknowledged one again at once, and one older than a number the recorder did
 acknowledge (a gap: it was lost on the way) goes again at once; so does one older than a number
 the recorder parked (held back for the events before it, service/taken.py). Only one unanswered
-for ``RESEND_AFTER_S`` goes again without that evidence, as a last resort, and each such copy
-doubles the wait for the next: a recorder that is merely behind must not be flooded with copies
-of what it is about to take (resending after a few seconds turned a busy recorder into a storm
-of copies that it then fell further behind on). The recorder drops events it already has by
-event_id. They are kept per actor *process*, not per order: a released OrderActor that takes
-the next order still holds the last order's unacknowledged events. Its ``Released`` carries a
-copy of them, which the supervisor keeps for a minute: if that process dies meanwhile, the
-supervisor hands them over itself. An order whose actor dies while it is active is revived from
-what was recorded and from the broker.
+for ``RESEND_AFTER_S``, while the recorder has answered nothing of this sender for as long,
+goes again without that evidence, as a last resort, and each such copy doubles the wait for the
+next: a recorder that is merely behind must not be flooded with copies of what it is about to
+take (resending after a few seconds turned a busy recorder into a storm of copies that it then
+fell further behind on). The recorder drops events it already has by event_id. They are kept
+per actor *process*, not per order: a released OrderActor that takes the next order still holds
+the last order's unacknowledged events. Its ``Released`` carries a copy of them, which the
+supervisor keeps for a minute: if that process dies meanwhile, the supervisor hands them over
+itself. An order whose actor dies while it is active is revived from what was recorded and from
+the broker.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class RoleActor(ActorTypeDispatcher):
         self.handed_over: dict[int, HandOver] = {}
         self.last_ack = 0
         self.handover_timer = False
+        # When the recorder last answered this sender (monotonic): one answering is working
+        # through its queue, however far behind, and will come to what it has not answered yet.
+        self.recorder_heard_at = 0.0
 
     def send(self, target: Any, message: Any) -> None:
         self.sent[type(message).__name__] += 1
@@ -104,6 +108,7 @@ class RoleActor(ActorTypeDispatcher):
             self.wakeupAfter(timedelta(seconds=RESEND_AFTER_S), payload=HANDOVER)
 
     def receiveMsg_Recorded(self, message: Recorded, sender: Any) -> None:
+        self.recorder_heard_at = time.monotonic()
         for ack in message.acks:
             self.handed_over.pop(ack, None)
         for ack in message.parked:
@@ -122,7 +127,8 @@ class RoleActor(ActorTypeDispatcher):
             return False
         self.handover_timer = False
         now = time.monotonic()
-        overdue = [ack for ack, kept in self.handed_over.items() if now - kept.sent_at >= kept.patience_s]
+        silent = now - self.recorder_heard_at >= RESEND_AFTER_S
+        overdue = [ack for ack, kept in self.handed_over.items() if silent and now - kept.sent_at >= kept.patience_s]
         if overdue:
             self._send_again(overdue, "not acknowledged for a minute or more", back_off=True)
         if self.handed_over:

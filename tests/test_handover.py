@@ -95,7 +95,10 @@ def test_a_hand_over_is_kept_until_acknowledged_and_goes_again_to_a_new_recorder
     actor.receiveMsg_Peers(Peers(recorder="recorder-2", archiver="a2"), "supervisor")  # another role: nothing again
     assert io.sent == []
     go_back(actor, 2, RESEND_AFTER_S)
-    assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # unanswered too long: again
+    assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # the recorder answered lately: it works its way to it
+    assert io.sent == []
+    actor.recorder_heard_at -= RESEND_AFTER_S
+    assert actor.handover_wakeup(SimpleNamespace(payload=HANDOVER))  # unanswered too long, and the recorder silent: again
     assert [(t, m.ack) for t, m in io.sent] == [("recorder-2", 2)]
     actor.receiveMsg_Recorded(Recorded([2]), "recorder-2")
     assert not actor.handed_over
