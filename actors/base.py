@@ -10,13 +10,13 @@ outbox append), and the sender keeps each one until then: a new recorder (a Peer
 gets every unacknowledged one again at once, and one older than a number the recorder did
 acknowledge (a gap: it was lost on the way) goes again at once; so does one older than a number
 the recorder parked (held back for the events before it, service/taken.py). Only one unanswered
-for ``RESEND_AFTER_S``, while the recorder has answered nothing of this sender for as long,
-goes again without that evidence, as a last resort, and each such copy doubles the wait for the
-next: a recorder that is merely behind must not be flooded with copies of what it is about to
-take (resending after a few seconds turned a busy recorder into a storm of copies that it then
-fell further behind on). The recorder drops events it already has by event_id. They are kept
-per actor *process*, not per order: a released OrderActor that takes the next order still holds
-the last order's unacknowledged events. Its ``Released`` carries a copy of them, which the
+for ``RESEND_AFTER_S``, and for twice as long as the recorder took to answer lately, goes again
+without that evidence, as a last resort, and each such copy doubles the wait for the next: a
+recorder that is merely behind must not be flooded with copies of what it is about to take
+(resending after a few seconds turned a busy recorder into a storm of copies that it then fell
+further behind on). The recorder drops events it already has by event_id. They are kept per
+actor *process*, not per order: a released OrderActor that takes the next order still holds the
+last order's unacknowledged events. Its ``Released`` carries a copy of them, which the
 supervisor keeps for a minute: if that process dies meanwhile, the supervisor hands them over
 itself. An order whose actor dies while it is active is revived from what was recorded and from
 the broker.
@@ -42,10 +42,12 @@ log = Log(__name__)
 
 # A hand-over neither acknowledged nor shown lost (by a gap) within this long goes again, as a
 # last resort: the recorder acknowledges within its ack window, a busy one much later. Each such
-# copy doubles the wait for the next (up to RESEND_PATIENCE_MAX_S): a recorder minutes behind
-# gets one copy, not one a minute on top of its backlog.
+# copy doubles the wait for the next (up to RESEND_PATIENCE_MAX_S), and none goes before
+# ANSWER_TIME_FACTOR times as long as the recorder took to answer lately: one minutes behind is
+# not sent a copy of everything on top of its backlog.
 RESEND_AFTER_S = 60.0
 RESEND_PATIENCE_MAX_S = 480.0
+ANSWER_TIME_FACTOR = 2.0
 # A copy sent again because of a gap gets this long to be acknowledged before the next copy.
 LOST_AFTER_S = 1.0
 HANDOVER = "resend unacknowledged hand-overs"
@@ -58,6 +60,7 @@ class HandOver(NamedTuple):
     message: Any
     patience_s: float = RESEND_AFTER_S  # before the next copy without evidence of a loss
     parked: bool = False  # the recorder has it, waiting for its order's events before it
+    copies: int = 0  # sent again so often
 
 
 class RoleActor(ActorTypeDispatcher):
@@ -71,9 +74,9 @@ class RoleActor(ActorTypeDispatcher):
         self.handed_over: dict[int, HandOver] = {}
         self.last_ack = 0
         self.handover_timer = False
-        # When the recorder last answered this sender (monotonic): one answering is working
-        # through its queue, however far behind, and will come to what it has not answered yet.
-        self.recorder_heard_at = 0.0
+        # How long the recorder took lately to answer a hand-over sent once (copies say nothing:
+        # which one was answered?): as far behind as that, it is slow, not losing them.
+        self.answer_time_s = 0.0
 
     def send(self, target: Any, message: Any) -> None:
         self.sent[type(message).__name__] += 1
@@ -108,7 +111,10 @@ class RoleActor(ActorTypeDispatcher):
             self.wakeupAfter(timedelta(seconds=RESEND_AFTER_S), payload=HANDOVER)
 
     def receiveMsg_Recorded(self, message: Recorded, sender: Any) -> None:
-        self.recorder_heard_at = time.monotonic()
+        now = time.monotonic()
+        answered = [kept for ack in (*message.acks, *message.parked) if (kept := self.handed_over.get(ack)) is not None and not kept.copies]
+        if answered:
+            self.answer_time_s = max(now - kept.sent_at for kept in answered)
         for ack in message.acks:
             self.handed_over.pop(ack, None)
         for ack in message.parked:
@@ -116,7 +122,7 @@ class RoleActor(ActorTypeDispatcher):
                 self.handed_over[ack] = kept._replace(parked=True)
         # The recorder takes one sender's hand-overs in the order they were sent: one still
         # unacknowledged below a number it acknowledged (or parked) was lost on the way.
-        highest, now = max([*message.acks, *message.parked], default=0), time.monotonic()
+        highest = max([*message.acks, *message.parked], default=0)
         lost = [ack for ack, kept in self.handed_over.items() if ack < highest and not kept.parked and now - kept.sent_at >= LOST_AFTER_S]
         if lost:
             self._send_again(lost, "lost on the way (a later one was acknowledged)")
@@ -127,8 +133,8 @@ class RoleActor(ActorTypeDispatcher):
             return False
         self.handover_timer = False
         now = time.monotonic()
-        silent = now - self.recorder_heard_at >= RESEND_AFTER_S
-        overdue = [ack for ack, kept in self.handed_over.items() if silent and now - kept.sent_at >= kept.patience_s]
+        slow = ANSWER_TIME_FACTOR * self.answer_time_s
+        overdue = [ack for ack, kept in self.handed_over.items() if now - kept.sent_at >= max(kept.patience_s, slow)]
         if overdue:
             self._send_again(overdue, "not acknowledged for a minute or more", back_off=True)
         if self.handed_over:
@@ -149,7 +155,7 @@ class RoleActor(ActorTypeDispatcher):
         for ack in acks:
             kept = self.handed_over[ack]
             patience_s = min(RESEND_PATIENCE_MAX_S, kept.patience_s * 2) if back_off else kept.patience_s
-            self.handed_over[ack] = HandOver(now, kept.message, patience_s)
+            self.handed_over[ack] = HandOver(now, kept.message, patience_s, copies=kept.copies + 1)
             self.send(self.peers.recorder, kept.message)
         log.warning("%s: %d hand-overs sent to the recorder again: %s", type(self).__name__, len(acks), why)
 

@@ -205,7 +205,7 @@ class Recorder(RoleActor):
         events = [e for e in message.events if not self.taken.has(e)]
         if len(events) < len(message.events):
             self.duplicates += len(message.events) - len(events)
-            log.info("%d events handed over again dropped: already taken", len(message.events) - len(events))
+            log.debug("%d events handed over again dropped: already taken", len(message.events) - len(events))
         if (gap := self._out_of_sequence(message)) is not None and self._park(message, sender, gap):
             return
         if events:
@@ -312,7 +312,7 @@ class Recorder(RoleActor):
 
     def doing(self) -> str:
         unconfirmed = sum(len(events) for events, _ in self.unconfirmed.values())
-        return f"{len(self.held)} to write, {unconfirmed} to confirm{' (backpressure)' if self.pressing else ''}"
+        return f"{len(self.held)} to write, {unconfirmed} to confirm, {self.duplicates} copies dropped{' (backpressure)' if self.pressing else ''}"
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         if message.payload == REATTACH:
