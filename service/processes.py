@@ -46,12 +46,17 @@ def _running(pid: int, state: str) -> bool:
     return any(_stat(f"{pid}/task/{task.name}")[0] != "Z" for task in Path(f"/proc/{pid}/task").iterdir())
 
 
+def pids() -> list[int]:
+    """Every process there is. (Not ``Path("/proc").glob("[0-9]*/stat")``: that stats each
+    match, and one that exits meanwhile raises ProcessLookupError out of the glob itself.)"""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
 def session_members(session: int) -> list[int]:
     """Every process of a session that is still running."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in pids():
         with contextlib.suppress(OSError, IndexError, ValueError):
-            pid = int(stat.parent.name)
             fields = _stat(pid)
             if int(fields[3]) == session and _running(pid, fields[0]):
                 members.append(pid)

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
 import uuid
 from collections import Counter
@@ -332,14 +333,18 @@ def run(mode: str, output: Path, log_level: str, profile: Path | None = None) ->
         except AssertionError:
             pass
         results["counts"]["throughput_ladder"] = count_through(watch, offered)
-        # Before the SIGKILL of the recovery run, whose restart starts the figures afresh.
-        results["metrics"] = metrics_sample(system)
+        # Before the SIGKILL of the recovery run, whose restart starts the figures afresh. Not a
+        # measure: a scrape that fails is reported, and the benchmark goes on.
+        try:
+            results["metrics"] = metrics_sample(system)
+        except OSError as exc:
+            results["metrics_error"] = repr(exc)
 
         print("capacity and recovery", flush=True)
         results.update(capacity_and_recovery(system, load["resting"], load["recoveries"]))
     except Exception as exc:  # the figures measured so far are still worth printing
-        results["error"] = repr(exc)
-        print(f"benchmark stopped: {exc!r}", flush=True)
+        results["error"], results["error_traceback"] = repr(exc), traceback.format_exc()
+        print(f"benchmark stopped: {results['error_traceback']}", flush=True)
     finally:
         system.close()
         kafka.stop()
@@ -352,10 +357,12 @@ def run(mode: str, output: Path, log_level: str, profile: Path | None = None) ->
 
 
 def metrics_sample(system: RunningSystem) -> dict[str, float]:
-    """The service's own figures, from its Prometheus endpoint (histogram buckets left out)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{system.settings.metrics_port}/metrics", timeout=10) as response:
+    """The service's own figures, from its Prometheus endpoint (histogram buckets left out), and
+    how long the scrape took (``scrape_s``: Prometheus gives up after 10 s by default)."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{system.settings.metrics_port}/metrics", timeout=30) as response:
         text = response.read().decode()
-    sample = {}
+    sample = {"scrape_s": round(time.perf_counter() - started, 3)}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if not s.name.endswith("_bucket"):
@@ -613,5 +620,7 @@ if __name__ == "__main__":
     print("\nthe service's metrics after the market-order runs:")
     for name, figure in outcome.get("metrics", {}).items():
         print(f"  {name} {figure:g}")
+    if "metrics_error" in outcome:
+        print(f"  not scraped: {outcome['metrics_error']}")
     print(f"\nload average before {outcome['load_average_before']}, after {outcome['load_average_after']} ({outcome['cpus']} CPUs)")
     print(f"\nJSON: {args.json}")

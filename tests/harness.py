@@ -41,6 +41,7 @@ from messages.actor import (
 from messages.codec import decode, encode
 from messages.order import OrderEvent, order_id_for
 from service.config import Settings, load_settings
+from service.processes import pids
 from simulator.control import CONTROL_SUBJECT, SimControl, SimStatus
 from system import connect, kill_session, wait_closed, wait_gone
 
@@ -305,10 +306,10 @@ class RunningSystem:
         """Any process still running with this system's run dir (a daemonised Thespian admin
         left behind by a failed test, say) is killed, so the next test starts clean."""
         marker = f"EXEC_RUN_DIR={self.settings.run_dir}".encode()
-        for environ in Path("/proc").glob("[0-9]*/environ"):
+        for pid in pids():
             with contextlib.suppress(OSError):
-                if marker in environ.read_bytes().split(b"\0"):
-                    os.kill(int(environ.parent.name), SIGKILL)
+                if marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    os.kill(pid, SIGKILL)
 
     # --- driving ------------------------------------------------------------------------------
 

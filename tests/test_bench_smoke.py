@@ -24,7 +24,7 @@ def test_bench_smoke_completes_with_every_measure(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     results = json.loads(output.read_text())
-    assert "error" not in results, results["error"]
+    assert "error" not in results, results["error_traceback"] + run.stdout[-3000:]
     assert results["mode"] == "smoke"
 
     for key in ("nats_floor_ms", "signal_to_broker_ms", "fill_to_clickhouse_ms", "fill_to_kafka_ms", "signal_to_filled_ms"):

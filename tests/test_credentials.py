@@ -29,6 +29,7 @@ from urllib3.exceptions import InsecureRequestWarning
 from harness import NatsServer, RunningSystem, clickhouse_front, signal
 
 from service.config import ClickHouseAuth, Settings, load_settings
+from service.processes import pids
 from service.store import Store, connect
 from service.streams import connect_nats, ensure_streams
 
@@ -161,9 +162,9 @@ def test_service_and_simulator_with_credentials_and_tls(pki: Path, tmp_path: Pat
         ps = system.cli("ps")
         assert ps.returncode == 0 and PASSWORD not in ps.stdout + ps.stderr
 
-        pids = [p for p in os.listdir("/proc") if p.isdigit() and _in_session(int(p), system.session)]
+        members = [pid for pid in pids() if _in_session(pid, system.session)]
         assert system.sim is not None
-        for pid in [*pids, str(system.sim.pid)]:
+        for pid in [*members, system.sim.pid]:
             with contextlib.suppress(OSError):
                 assert PASSWORD.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
 

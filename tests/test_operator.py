@@ -25,7 +25,7 @@ from ports import free_port
 
 from actors.watchdog import Watchdog
 from messages.actor import Ping, Pong
-from service.processes import kill_session, session_members, started_at
+from service.processes import kill_session, pids, session_members, started_at
 from simulator.control import SetQuote
 from system import WATCHDOG_NAME, admin_port_open, join
 
@@ -287,7 +287,7 @@ def test_the_demo_starts_fresh_prints_full_ids_that_show_takes_and_stops_entirel
         assert shown.returncode == 0 and f"order     {order_id[0]}" in shown.stdout, shown
         record = json.loads((run_dir / "demo" / "launcher.json").read_text())
         assert record["pid"] == demo.pid
-        simulators = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and parent_of(int(pid)) == demo.pid]
+        simulators = [pid for pid in pids() if parent_of(pid) == demo.pid]
         assert simulators
         demo.send_signal(SIGTERM)
         assert demo.wait(60) == 0
