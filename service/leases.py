@@ -47,6 +47,9 @@ PARTITION_KEY = "partition."
 INSTANCE_KEY = "instance."
 # Renewals per TTL: a missed one or two still leave the lease valid.
 RENEWALS_PER_TTL = 5
+# Renewals of a present id seen while joining that make it a live instance's: a dead one can
+# have one more land (sent, not yet written, when it died), never two (each waits for its ack).
+LIVE_RENEWALS = 2
 # Taken off a lease's local validity: a renewal's round trip and the server's expiry timer.
 SAFETY_MARGIN_S = 1.0
 LOST_ERRORS = (KeyWrongLastSequenceError, KeyNotFoundError)
@@ -175,10 +178,12 @@ class Leases:
     async def join(self) -> None:
         """Announce this instance. Its id may still be present from a run that died: that entry
         is no longer renewed, and is waited for until the server expires it, or for a TTL and
-        a margin if the server's expiry runs late. Renewed meanwhile (its revision moves):
-        another live instance uses the same id, and this one refuses to start."""
+        a margin if the server's expiry runs late. Renewed twice meanwhile (its revision moves):
+        another live instance uses the same id, and this one refuses to start. Once is not
+        enough: the dead run's last renewal may still have been on its way to a slow server."""
         kv = await self.open()
         found = await self._presence(kv)
+        renewals = 0
         deadline = time.monotonic() + self.ttl_s + SAFETY_MARGIN_S
         while found is not None and time.monotonic() < deadline:
             log.warning("instance id %s is still present (a run that died?): waiting for it to expire", self.me)
@@ -186,8 +191,10 @@ class Leases:
             now = await self._presence(kv)
             if now is None:
                 break
-            if now != found:
+            renewals += now != found
+            if renewals >= LIVE_RENEWALS:
                 raise DuplicateInstance(f"another live instance has the id {self.me!r}: give each instance its own instance_id")
+            found = now
         await kv.put(INSTANCE_KEY + self.me, self.token)
 
     async def _presence(self, kv: KeyValue) -> int | None:

@@ -218,6 +218,29 @@ def test_a_second_live_instance_with_the_same_id_is_refused(nats_server: NatsSer
     asyncio.run(run())
 
 
+def test_a_dead_runs_last_renewal_landing_late_does_not_block_a_restart(nats_server: NatsServer) -> None:
+    """A run killed with a renewal on its way to a slow server: that one write lands while the
+    restart watches, and is not taken for a live duplicate (a CI host's server did just that)."""
+
+    async def run() -> None:
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        bucket = f"L{uuid.uuid4().hex[:8]}"
+        dead = Leases(js, bucket, "same", 1, 1.0)
+        try:
+            await dead.join()
+            restart = asyncio.create_task(Leases(js, bucket, "same", 1, 1.0).join())
+            await asyncio.sleep(0.3)
+            await dead.renew()  # its last one, landing late
+            await asyncio.wait_for(restart, 10)
+            assert (await (await dead.open()).get("instance.same")).value != dead.token
+        finally:
+            await js.delete_key_value(bucket)
+            await nc.close()
+
+    asyncio.run(run())
+
+
 def test_a_dead_runs_presence_that_the_server_expires_late_does_not_block_a_restart(nats_server: NatsServer) -> None:
     """The server's expiry timer may run seconds late on a loaded host: an entry that nobody
     renews for a TTL is a dead run's, and the restart goes on."""
