@@ -16,6 +16,7 @@ from pathlib import Path
 
 LOWEST = 20000
 _given: set[int] = set()
+_shuffler = random.Random()  # of its own: a test's seeded random stream is left as it is
 
 
 def _ephemeral_start() -> int:
@@ -37,7 +38,7 @@ def _bindable(port: int) -> bool:
 def free_ports(n: int) -> list[int]:
     """n distinct ports free on 127.0.0.1 right now, none handed out before by this process."""
     candidates = [p for p in range(LOWEST, _ephemeral_start()) if p not in _given]
-    random.shuffle(candidates)  # (another test process picks from the same range)
+    _shuffler.shuffle(candidates)  # (another test process picks from the same range)
     chosen = [p for p in candidates[: n * 20] if _bindable(p)][:n]
     if len(chosen) < n:
         raise RuntimeError(f"fewer than {n} free ports between {LOWEST} and {_ephemeral_start()}")
