@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ HEALTH_INTERVAL_S = 1.0
 PING_TIMEOUT_S = 5.0
 MISSED_PINGS = 3
 DRAIN_TIMEOUT_S = 60
+GONE_CHECK_S = 1.0
 JOIN_TIMEOUT_S = 3.0
 EXIT_TIMEOUT_S = 10.0
 RECORD = "launcher.json"
@@ -256,13 +257,19 @@ def started(settings: Settings, peers: Peers) -> bool:
     return (peers.supervisor if settings.partitions else peers.ingress) is not None
 
 
-def ask_for(actor_system: ActorSystem, target: Any, message: Any, kind: type[T], timeout_s: float) -> T | None:
+def ask_for(
+    actor_system: ActorSystem, target: Any, message: Any, kind: type[T], timeout_s: float, gone: Callable[[], bool] | None = None
+) -> T | None:
     """Ask and wait for an answer of ``kind``: a Thespian ask returns whatever reaches the
-    asker first, which may be the late answer to an earlier ask (one a signal interrupted)."""
+    asker first, which may be the late answer to an earlier ask (one a signal interrupted).
+    ``gone``, checked every GONE_CHECK_S, ends a long wait early: the target's process died."""
     deadline = time.monotonic() + timeout_s
-    answer = actor_system.ask(target, message, timeout_s)
+    slice_s = timeout_s if gone is None else min(timeout_s, GONE_CHECK_S)
+    answer = actor_system.ask(target, message, slice_s)
     while not isinstance(answer, kind) and (left := deadline - time.monotonic()) > 0:
-        answer = actor_system.listen(left)
+        if gone is not None and gone():
+            return None
+        answer = actor_system.listen(min(left, slice_s))
     return answer if isinstance(answer, kind) else None
 
 
@@ -278,11 +285,16 @@ def session_of(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JO
     return os.getsid(supervisor_pid(actor_system, supervisor, timeout_s))
 
 
-def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True) -> None:
+def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True, supervisor_gone: Callable[[], bool] | None = None) -> None:
     """Drain (held writes reach ClickHouse, the archive and the status subjects), shut the
-    actor system down, and kill whatever of its session outlives that."""
-    if drain and ask_for(actor_system, supervisor, Drain(), Drained, DRAIN_TIMEOUT_S) is None:
-        log.error("drain did not finish within %ds; shutting down anyway", DRAIN_TIMEOUT_S)
+    actor system down, and kill whatever of its session outlives that. A supervisor that dies
+    meanwhile is not waited for (a SIGTERM to every process of the service at once, as
+    systemd's default stop sends): what it held is in the outbox, for the next start."""
+    if drain and ask_for(actor_system, supervisor, Drain(), Drained, DRAIN_TIMEOUT_S, supervisor_gone) is None:
+        if supervisor_gone is not None and supervisor_gone():
+            log.warning("the supervisor died before the drain finished: the next start replays its outbox")
+        else:
+            log.error("drain did not finish within %ds; shutting down anyway", DRAIN_TIMEOUT_S)
     actor_system.shutdown()
     if left := wait_gone(session):
         log.warning("%d processes outlived the shutdown of the actor system: killed", len(left))
@@ -345,7 +357,7 @@ class Service:
 
     def stop(self) -> None:
         self.signals.ignore()
-        stop(self.actor_system, self.supervisor, self.session)
+        stop(self.actor_system, self.supervisor, self.session, supervisor_gone=self.supervisor_gone)
         record_path(self.settings).unlink(missing_ok=True)
 
 

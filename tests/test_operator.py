@@ -27,7 +27,7 @@ from actors.watchdog import Watchdog
 from messages.actor import Ping, Pong
 from service.processes import kill_session, pids, session_members, started_at
 from simulator.control import SetQuote
-from system import WATCHDOG_NAME, admin_port_open, join
+from system import DRAIN_TIMEOUT_S, WATCHDOG_NAME, admin_port_open, join
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A parent that starts the launcher and then waits: killing it orphans the launcher.
@@ -197,6 +197,29 @@ def test_a_stop_signal_to_the_launcher_drains_and_stops_the_whole_tree(fresh: Ru
     tree_gone(session, port, timeout_s=1)
     assert f"{Signals(signum).name}: draining..." in out.read_text() and out.read_text().endswith("stopped\n")
     assert not Path(fresh.settings.run_dir, "launcher.json").exists()
+
+
+def test_a_sigterm_to_every_process_at_once_stops_within_seconds_and_loses_nothing(fresh: RunningSystem) -> None:
+    """systemd's default stop (KillMode=control-group), or ``pkill -f execution-service``: the
+    actors die of it at once, and the launcher does not wait out its drain timeout for a
+    supervisor that is gone. A signal that was filled is still filled after the next start."""
+    out = launch(fresh)
+    assert fresh.launcher is not None
+    quote = fresh.control().quotes["EURUSD"]
+    order_id = fresh.send(signal("EURUSD", "buy", 0.1, quote.ask))
+    assert order_id is not None
+    fresh.wait_status(order_id, "filled")
+    session, port = fresh.session, fresh.settings.admin_port
+    started = time.monotonic()
+    for pid in [fresh.launcher.pid, *session_members(session)]:
+        os.kill(pid, SIGTERM)
+    assert fresh.launcher.wait(60) == 0
+    took = time.monotonic() - started
+    tree_gone(session, port, timeout_s=1)
+    assert took < DRAIN_TIMEOUT_S / 2, f"{took:.1f}s: the drain timeout was waited out"
+    assert "SIGTERM: draining..." in out.read_text() and out.read_text().endswith("stopped\n")
+    launch(fresh)
+    fresh.wait_status(order_id, "filled")  # (raises unless ClickHouse has it filled)
 
 
 def test_the_death_of_the_launchers_parent_stops_the_whole_tree(fresh: RunningSystem) -> None:
