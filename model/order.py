@@ -53,8 +53,10 @@ TRANSITIONS: dict[tuple[Phase, E], Phase] = {
     (P.NEW, E.SUBMITTED): P.SENT,
     (P.NEW, E.REJECTED): P.REJECTED,  # refused before it went out (a close naming no position)
     (P.NEW, E.CANCELLED): P.CANCELLED,
-    # A FAILED order the broker places after all (it was slow to take it) is tracked again.
+    # A FAILED order the broker places after all (it was slow to take it) is tracked again;
+    # one it refuses after all is rejected: the broker has the last word.
     **{(phase, E.PLACED): P.WORKING for phase in (P.SENT, P.OUTCOME_UNKNOWN, P.FAILED)},
+    (P.FAILED, E.REJECTED): P.REJECTED,
     (P.WORKING, E.TRIGGERED): P.TRIGGERED,
     (P.SENT, E.OUTCOME_UNKNOWN): P.OUTCOME_UNKNOWN,
     # The broker knows it after all (a status report): it was executed or is working.
@@ -566,8 +568,8 @@ class _Deciding:
     def refused(self, retcode: int, comment: str) -> None:
         if retcode in UNKNOWN_OUTCOME:
             self.unknown(retcode, comment)
-        elif self.order.phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL) and self.order.broker_order_id is None:
-            self._rejected(retcode, comment)
+        elif self.order.phase in (P.SENT, P.OUTCOME_UNKNOWN, P.PENDING_CANCEL, P.FAILED) and self.order.broker_order_id is None:
+            self._rejected(retcode, comment)  # (FAILED: declared never received, the request was only late)
         elif self.order.phase in AT_BROKER:
             self.effect(AskBroker())  # a refusal of a working order (when it triggered): the broker's status says
         else:

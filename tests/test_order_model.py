@@ -392,6 +392,18 @@ def test_an_order_declared_failed_that_the_broker_places_after_all_is_tracked_ag
     assert (run.order.phase, run.order.status) == (Phase.WORKING, OrderStatus.SUBMITTED) and model.is_resting(run.order)
 
 
+def test_an_order_declared_failed_that_the_broker_refuses_after_all_is_rejected() -> None:
+    """A request held up by a NATS restart reaches the broker after three reports that it does
+    not know it: the broker's refusal is the order's end, not ours."""
+    run = sent()
+    for _ in range(3):
+        run(Status(BrokerState.NOT_FOUND))
+    assert run.order.phase is Phase.FAILED
+    run(Refused(Retcode.REQUOTE, "Requote"))
+    assert (run.order.phase, run.order.status) == (Phase.REJECTED, OrderStatus.REJECTED)
+    assert run.order.rejection_reason == f"{Retcode.REQUOTE} Requote"
+
+
 def test_a_partly_filled_order_a_report_does_not_know_is_neither_sent_again_nor_failed() -> None:
     run = sent(quantity=1.0)
     run(Dealt(fill(run.order, 1, 0.4)))
@@ -589,11 +601,11 @@ def test_what_cannot_happen_to_an_order_is_not_in_the_table(phase: Phase, kind: 
     assert (phase, kind) not in model.TRANSITIONS
 
 
-def test_an_ended_order_takes_nothing_but_a_fill_its_positions_modify_or_a_late_placement() -> None:
+def test_an_ended_order_takes_nothing_but_a_fill_its_positions_modify_or_a_late_placement_or_refusal() -> None:
     ended = {(phase, kind) for (phase, kind) in model.TRANSITIONS if phase in model.ENDED}
-    assert {kind for _, kind in ended} <= {E.MODIFY_REQUESTED, E.MODIFY_SENT, E.MODIFIED, E.MODIFY_REFUSED, E.PLACED}
-    assert {phase for phase, kind in ended if kind is E.PLACED} == {Phase.FAILED}
-    assert {phase for phase, kind in ended if kind not in (E.MODIFY_REFUSED, E.PLACED)} == {Phase.FILLED}
+    assert {kind for _, kind in ended} <= {E.MODIFY_REQUESTED, E.MODIFY_SENT, E.MODIFIED, E.MODIFY_REFUSED, E.PLACED, E.REJECTED}
+    assert {phase for phase, kind in ended if kind in (E.PLACED, E.REJECTED)} == {Phase.FAILED}
+    assert {phase for phase, kind in ended if kind not in (E.MODIFY_REFUSED, E.PLACED, E.REJECTED)} == {Phase.FILLED}
 
 
 def test_exact_volumes_and_prices_on_the_symbol_catalogue() -> None:
