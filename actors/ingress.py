@@ -13,6 +13,11 @@ is acknowledged; nothing can hold up the messages behind it:
 - JetStream's own limits back this up: ``max_deliver`` on the consumer, whose advisory the
   service turns into a ``max_deliveries`` dead letter, and a max message size on the stream.
 
+A signal that comes again (a tree died before its order was recorded) is not judged before
+the broker has said whether it has its order: if it has, the signal is taken as the broker's
+order whatever the market checks would say now (the market has moved since it went out);
+while the connector does not answer, it is let come again.
+
 A valid signal is acknowledged only when its order is recorded in ClickHouse (SignalsDurable),
 it is a known duplicate (SignalSettled) or the supervisor declined it (SignalDeclined); until
 then its delivery is kept alive with in-progress acks, so a slow store does not redeliver it.
@@ -27,7 +32,7 @@ import time
 import traceback
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -50,10 +55,10 @@ from messages.actor import (
 )
 from messages.codec import ContractError, decode, encode
 from messages.control import GetQuotes, Quotes, ServerCheck, SignalAlert
-from messages.order import SIGNAL_ALERT_SUBJECT, Alert, DeadLetter
+from messages.order import SIGNAL_ALERT_SUBJECT, Alert, DeadLetter, order_id_for
 from messages.signal import SignalRefused, TradingSignal, fingerprint, parse_signal
 from messages.symbols import SYMBOLS
-from model.pretrade import check_signal
+from model.pretrade import check_content, check_market
 from service import metrics
 from service.config import Settings
 from service.health import check_nats
@@ -63,6 +68,7 @@ from service.partitions import published_subject
 from service.streams import BARE_SIGNAL_SUBJECT, SIGNAL_SUBJECTS, connect_nats, ensure_streams
 
 log = Log(__name__)
+T = TypeVar("T")
 
 # A delivery not acknowledged within this comes again (after ingress died); a live one is
 # kept from timing out by in-progress acks every third of it.
@@ -73,7 +79,8 @@ NO_QUOTE_DELIVERIES = 5
 RETRY_DELAY_S = 1.0
 # A quote older than this is asked for again before it is used.
 QUOTE_REFRESH_S = 5.0
-QUOTE_TIMEOUT_S = 1.0
+# How long the connector has to answer the ingress's questions (quotes, orders it has).
+CONNECTOR_TIMEOUT_S = 1.0
 # What of a refused payload travels in its dead letter, and of an exception's text.
 EXCERPT_CHARS = 2048
 DETAIL_CHARS = 1000
@@ -86,6 +93,8 @@ class Accepted(msgspec.Struct):
     actor thread (never crosses processes)."""
 
     signals: list[tuple[TradingSignal, Any]]
+    # signal_id -> the broker's report on its order, for signals that came again and are out.
+    at_broker: dict[uuid.UUID, wire.BrokerOrderReport]
 
 
 class Ingress(LoopActor):
@@ -162,16 +171,16 @@ class Ingress(LoopActor):
             if not (batch := await self.fetch(subscription, "signal consumer", held=self.paused.is_set())):
                 continue
             try:
-                valid = await self._screen(batch)
+                accepted = await self._screen(batch)
             except Exception as exc:  # a bug here must not stop intake: the batch comes again
                 log.error("screening a batch of %d signals failed: %s", len(batch), exc, exc_info=exc)
                 await asyncio.gather(*(msg.nak(delay=RETRY_DELAY_S) for msg in batch), return_exceptions=True)
                 continue
-            if valid:
-                self.deliver(None, Accepted(valid))
+            if accepted is not None:
+                self.deliver(None, accepted)
 
-    async def _screen(self, batch: list[Any]) -> list[tuple[TradingSignal, Any]]:
-        """The batch's executable signals; every other message is settled here."""
+    async def _screen(self, batch: list[Any]) -> Accepted | None:
+        """The batch's executable signals (None: not one); every other message is settled here."""
         parsed: list[tuple[TradingSignal, Any]] = []
         for msg in batch:
             try:
@@ -183,13 +192,20 @@ class Ingress(LoopActor):
         stale = {signal.symbol for signal, _ in parsed if signal.symbol in SYMBOLS and not self._fresh(signal.symbol)}
         if stale:
             await self._refresh_quotes(sorted(stale))
+        at_broker = await self._at_broker([signal for signal, msg in parsed if msg.metadata.num_delivered > 1])
+        out = at_broker or {}
         valid = []
         now, limits = datetime.now(UTC), self.settings.limits
         for signal, msg in parsed:
             quote = self.quotes.get(signal.symbol, (None, 0.0))[0]
             try:
                 self._injected_failure(signal.signal_id)
-                check_signal(signal, _subject_symbol(published_subject(msg.subject)), SYMBOLS, quote, limits, now)
+                check_content(signal, _subject_symbol(published_subject(msg.subject)), SYMBOLS, limits)
+                if signal.signal_id not in out:
+                    if at_broker is None and msg.metadata.num_delivered > 1:
+                        await msg.nak(delay=RETRY_DELAY_S)  # its order may be out: judged once the broker has said
+                        continue
+                    check_market(signal, quote, limits, now)
             except SignalRefused as refused:
                 if refused.reason == "no_market_quote" and msg.metadata.num_delivered < NO_QUOTE_DELIVERIES:
                     await msg.nak(delay=RETRY_DELAY_S)  # the connector may not have published it yet
@@ -206,7 +222,22 @@ class Ingress(LoopActor):
             if msg.metadata.num_delivered >= self.settings.signal_max_deliver:
                 log.warning("signal %s: the last delivery JetStream will make (%d)", signal.signal_id, msg.metadata.num_delivered)
             valid.append((signal, msg))
-        return valid
+        return Accepted(valid, {s.signal_id: out[s.signal_id] for s, _ in valid if s.signal_id in out}) if valid else None
+
+    async def _at_broker(self, signals: list[TradingSignal]) -> dict[uuid.UUID, wire.BrokerOrderReport] | None:
+        """signal_id -> the broker's report, for those of these signals (that came again) whose
+        order the broker has; None if the connector did not answer."""
+        if not signals:
+            return {}
+        signal_ids = {order_id_for(signal.signal_id): signal.signal_id for signal in signals}
+        report = await self._ask_connector(wire.ORDER_STATUS_SUBJECT, wire.OrderStatusQuery(order_ids=list(signal_ids)), wire.OrderStatusReport)
+        if report is None:
+            return None
+        return {
+            signal_ids[order.order_id]: order
+            for order in report.orders
+            if order.order_id in signal_ids and order.state is not wire.BrokerOrderState.UNKNOWN
+        }
 
     def _injected_failure(self, signal_id: uuid.UUID) -> None:
         if self.failing.get(signal_id, 0) > 0:
@@ -304,15 +335,21 @@ class Ingress(LoopActor):
 
     async def _refresh_quotes(self, symbols: list[str] | None) -> None:
         """Ask the connector for the latest quotes (at start, and for quotes grown old)."""
-        try:
-            reply = await self.nc.request(wire.QUOTES_SUBJECT, encode(wire.QuotesQuery(symbols=symbols)), timeout=QUOTE_TIMEOUT_S)
-            report = decode(reply.data, wire.QuotesReport)
-        except Exception as exc:
-            log.warning("connector did not answer %s: %s", wire.QUOTES_SUBJECT, exc)
+        report = await self._ask_connector(wire.QUOTES_SUBJECT, wire.QuotesQuery(symbols=symbols), wire.QuotesReport)
+        if report is None:
             return
         now = time.monotonic()
         for quote in report.quotes:
             self.quotes[quote.symbol] = (quote, now)
+
+    async def _ask_connector(self, subject: str, query: msgspec.Struct, kind: type[T]) -> T | None:
+        """The connector's answer; None (logged) when there is none in time, or none readable."""
+        try:
+            reply = await self.nc.request(subject, encode(query), timeout=CONNECTOR_TIMEOUT_S)
+            return decode(reply.data, kind)
+        except Exception as exc:
+            log.warning("connector did not answer %s: %s", subject, exc)
+            return None
 
     async def check_servers(self) -> list[ServerCheck]:
         return [await check_nats(getattr(self, "nc", None), self.settings)]  # (nc: once connected)
@@ -337,7 +374,7 @@ class Ingress(LoopActor):
         self.spawn(self._publish(SIGNAL_ALERT_SUBJECT, encode(alert)))
 
     def receiveMsg_Accepted(self, message: Accepted, sender: Any) -> None:
-        fresh = []
+        fresh: list[TradingSignal] = []
         for signal, msg in message.signals:
             digest = fingerprint(signal)
             known = self.in_flight.setdefault(signal.signal_id, digest)
@@ -350,6 +387,10 @@ class Ingress(LoopActor):
             self.unacked.setdefault(signal.signal_id, []).append(msg)
             if not waiting:  # else a redelivery of a signal on its way: acknowledged with the first
                 fresh.append(signal)
+        # Out at the broker already: no second look at trading_signals, it was looked at then.
+        if at_broker := [signal for signal in fresh if signal.signal_id in message.at_broker]:
+            self.send(self.peers.supervisor, SignalsReceived(at_broker, {s.signal_id: message.at_broker[s.signal_id] for s in at_broker}))
+            fresh = [signal for signal in fresh if signal.signal_id not in message.at_broker]
         if not fresh:
             return
         if self.settings.cross_check_trading_signals:

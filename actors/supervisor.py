@@ -119,7 +119,7 @@ RELEASED_KEPT = timedelta(seconds=60)
 REHYDRATE_TIMEOUT = timedelta(seconds=10)
 
 
-def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int, float] | None = None) -> Order:
+def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int | None, float] | None = None) -> Order:
     """The one order an executable signal gives (model.pretrade.check_signal has passed);
     a close names the position it closes and how much of it (``close``)."""
     side = Side.BUY if signal.signal_type in (SignalType.BUY, SignalType.CLOSE_SHORT) else Side.SELL
@@ -310,14 +310,14 @@ class Supervisor(RoleActor):
 
     def receiveMsg_SignalsReceived(self, message: SignalsReceived, sender: Any) -> None:
         for signal in message.signals:
-            self._consider(signal, sender, datetime.now(UTC))
+            self._consider(signal, sender, datetime.now(UTC), message.at_broker.get(signal.signal_id))
 
-    def _consider(self, signal: TradingSignal, ingress: Any, since: datetime) -> None:
+    def _consider(self, signal: TradingSignal, ingress: Any, since: datetime, at_broker: wire.BrokerOrderReport | None = None) -> None:
         """Take the signal, or decline it with the reason. A close that finds no position while
         the fills of an order that opened one are still on their way to the position keeper
         waits for the keeper's next view (CLOSE_WAIT at most) instead of being refused."""
         try:
-            self._take(signal, ingress)
+            self._take(signal, ingress, at_broker)
         except SignalRefused as refused:
             side = PositionSide.LONG if signal.signal_type is SignalType.CLOSE_LONG else PositionSide.SHORT
             if (
@@ -339,7 +339,7 @@ class Supervisor(RoleActor):
         for signal, ingress, since in waiting.values():
             self._consider(signal, ingress, since)
 
-    def _take(self, signal: TradingSignal, ingress: Any) -> None:
+    def _take(self, signal: TradingSignal, ingress: Any, at_broker: wire.BrokerOrderReport | None) -> None:
         """One order for a new signal; a replay is acknowledged, a conflicting one refused."""
         if signal.signal_id in self.known:
             order_id, digest, _ = self.known[signal.signal_id]
@@ -352,6 +352,9 @@ class Supervisor(RoleActor):
             metrics.SIGNALS.labels("replay").inc()
             log.info("signal %s already gave order %s: replay ignored (%d so far)", signal.signal_id, order_id, self.replays)
             self.send(ingress, SignalSettled(signal.signal_id))
+            return
+        if at_broker is not None:
+            self._adopt(signal, at_broker)
             return
         if self.halted is not None:
             self._refuse_while_halted(signal.signal_id, self.halted)
@@ -366,6 +369,22 @@ class Supervisor(RoleActor):
         self.exposure.track(order)
         self._assign(Assign(order))
         metrics.SIGNALS.labels("executed").inc()
+
+    def _adopt(self, signal: TradingSignal, report: wire.BrokerOrderReport) -> None:
+        """The order of a signal that came again is at the broker already: a tree sent it and
+        died before recording it. It is taken as the broker has it, whatever the checks would
+        say now (the position it closed is gone, trading is halted): recorded, reconciled,
+        never sent again."""
+        close = None
+        if signal.closes:
+            close = (next((deal.position for deal in report.deals if deal.position), None), report.volume)
+        order = order_from_signal(signal, self.settings, close)
+        log.warning("signal %s came again and its order %s is at the broker already (%s): taken as the broker has it",
+                    signal.signal_id, order.order_id, report.state.value)  # fmt: skip
+        self.known[signal.signal_id] = (order.order_id, order.signal_fingerprint, datetime.now(UTC))
+        self.exposure.track(order)
+        self._assign(Assign(order, reconcile=True, news=report))
+        metrics.SIGNALS.labels("at_broker").inc()
 
     def _refuse_while_halted(self, signal_id: uuid.UUID, halt: TradingHalt) -> None:
         detail = f"trading is halted since {halt.since:%Y-%m-%d %H:%M:%S} UTC ({halt.reason}); the signal is not executed"

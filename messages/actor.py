@@ -130,6 +130,9 @@ class SignalsReceived(msgspec.Struct, frozen=True):
     """Valid signals of one fetch from JetStream, in order (one message for many)."""
 
     signals: list[TradingSignal]
+    # signal_id -> the broker's report: signals that came again whose order the broker has
+    # already (a tree sent it and died before recording it), taken as the broker has it.
+    at_broker: dict[uuid.UUID, BrokerOrderReport] = {}
 
 
 class SignalSettled(msgspec.Struct, frozen=True):

@@ -2,8 +2,10 @@
 
 Pure: the signal, its symbol, the last quote, the limits and the clock go in; out comes
 nothing, or a SignalRefused naming the reason (a stable code) and what to fix. Ingress runs
-``check_signal`` on every signal; the checks that need the positions and the open orders
-(exposure, closes) are ``model.exposure``'s, run by the supervisor. ``check_change`` holds an
+``check_signal`` on every signal: ``check_content`` (the signal itself) and ``check_market``
+(the signal against the quote and the clock, which a signal seen again may no longer pass).
+The checks that need the positions and the open orders (exposure, closes) are
+``model.exposure``'s, run by the supervisor. ``check_change`` holds an
 operator's modify to the same rules before it goes to the broker.
 """
 
@@ -45,6 +47,13 @@ def check_signal(
 ) -> None:
     """Raise SignalRefused unless the signal may be executed. ``quote`` is the latest known
     for the signal's symbol; None refuses (nothing is checked against an unknown market)."""
+    check_content(signal, subject_symbol, symbols, limits)
+    check_market(signal, quote, limits, now)
+
+
+def check_content(signal: TradingSignal, subject_symbol: str | None, symbols: dict[str, SymbolSpec], limits: Limits) -> None:
+    """What the signal itself must be, whenever it is looked at: approved, executable, on its
+    own subject, for a traded symbol, with the prices and the volume it needs."""
     if signal.risk_approval_status is None:
         raise SignalRefused("not_approved", "risk_approval_status is missing: only a signal that says 'approved' is executed")
     if signal.risk_approval_status is not ApprovalStatus.APPROVED:
@@ -65,16 +74,23 @@ def check_signal(
     if signal.expected_price is None:
         raise SignalRefused("missing_price", "entry_price is required: slippage is measured against it")
     _check_volume(signal, spec, limits)
-    if quote is None:
-        raise SignalRefused("no_market_quote", f"no quote for {signal.symbol} from the connector: prices cannot be checked")
-    _check_band(signal, quote, limits)
     if signal.closes:
-        return  # a close is a market order on an existing position: no stops, no expiry
+        return  # a close is a market order on an existing position: no order prices
     order_type = signal.order_type
     if order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and not (signal.limit_price or signal.entry_price):
         raise SignalRefused("missing_price", f"a {order_type.value} order needs limit_price or entry_price")
     if order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and not (signal.stop_price or signal.entry_price):
         raise SignalRefused("missing_price", f"a {order_type.value} order needs stop_price or entry_price")
+
+
+def check_market(signal: TradingSignal, quote: BrokerQuote | None, limits: Limits, now: datetime) -> None:
+    """What the signal must be against the market and the clock at the moment it would go out:
+    its prices near the quote, its stops on the right side, its expiry ahead, its session open."""
+    if quote is None:
+        raise SignalRefused("no_market_quote", f"no quote for {signal.symbol} from the connector: prices cannot be checked")
+    _check_band(signal, quote, limits)
+    if signal.closes:
+        return  # a close is a market order on an existing position: no stops, no expiry
     _check_stops(signal, quote)
     _check_time_in_force(signal, quote, limits, now)
 

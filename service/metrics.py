@@ -44,7 +44,10 @@ ANSWERS: dict[type, str] = {wire.BrokerFill: "fill", wire.BrokerPlaced: "placed"
 # --- counters -------------------------------------------------------------------------------
 
 SIGNALS = Counter(
-    "execution_signals", "Signals taken in, by outcome: executed (gave an order), dead_lettered, replay (already executed)", ["outcome"]
+    "execution_signals",
+    "Signals taken in, by outcome: executed (gave an order), dead_lettered, replay (already executed), "
+    "at_broker (came again with its order out but not recorded: taken as the broker has it)",
+    ["outcome"],
 )
 DEAD_LETTERS = Counter("execution_dead_letters", "Dead letters published on the dead-letter subject, by reason", ["reason"])
 ORDERS = Counter("execution_orders", "Orders that reached a terminal status, counted as ClickHouse has it", ["status"])

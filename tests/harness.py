@@ -149,9 +149,9 @@ class NatsProbe:
             await self.nc.subscribe(pattern, cb=collect)
         await self.nc.flush()
 
-    def publish(self, subject: str, payload: bytes) -> None:
+    def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         async def publish() -> None:
-            await self.js.publish(subject, payload)
+            await self.js.publish(subject, payload, headers=headers)
 
         self._run(publish())
 

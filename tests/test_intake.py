@@ -21,8 +21,13 @@ from harness import RunningSystem, signal, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from actors.supervisor import order_from_signal
+from messages import broker as wire
 from messages.actor import FailSignal
+from messages.codec import decode, encode
 from messages.order import order_id_for
+from messages.signal import parse_signal
+from service.mt5 import order_request
 from simulator.control import SetQuote
 
 # Dead letters come within seconds; a valid signal behind poison is filled within these.
@@ -106,6 +111,38 @@ def test_an_unforeseen_failure_is_retried_a_bounded_number_of_times(system: Runn
     assert letter["reason"] == "internal_error" and "injected failure" in letter["detail"]
     assert letter["deliveries"] == 3
     filled(system, signal("GBPUSD", "sell", 0.1))
+
+
+def test_a_signal_that_comes_again_with_its_order_out_is_taken_as_the_broker_has_it(system: RunningSystem) -> None:
+    """A tree that sent an order and died before recording anything of it leaves the signal to
+    come again, maybe when the market checks would refuse it: the order the broker has is
+    recorded as the broker has it, not refused, and not sent a second time."""
+    system.control(set_quote=SetQuote(symbol="USDJPY", bid=151.490, ask=151.500))
+    payload = signal("USDJPY", "buy", 0.2, 151.5)
+    signal_id = uuid.UUID(payload["signal_id"])
+    order = order_from_signal(parse_signal(msgspec.json.encode(payload)), system.settings)
+    request = order_request(order, system.settings, "the tree that died", datetime.now(UTC))
+    system.probe.publish("orders.submitted.USDJPY", encode(request), {"Nats-Msg-Id": str(order.order_id)})
+
+    def at_broker() -> wire.BrokerOrderReport | None:
+        reply = system.probe.request(wire.ORDER_STATUS_SUBJECT, encode(wire.OrderStatusQuery(order_ids=[order.order_id])))
+        report = decode(reply, wire.OrderStatusReport).orders[0]
+        return report if report.state is wire.BrokerOrderState.FILLED else None
+
+    report = wait_until(at_broker, SETTLE_S, 0.2, "the broker to fill the dead tree's order")
+    system.control(set_quote=SetQuote(symbol="USDJPY", bid=160.490, ask=160.500))  # the entry is out of the band now
+    try:
+        system.tell("ingress", FailSignal(signal_id, times=1))  # its first delivery died with the tree
+        system.send(payload)
+        row = system.wait_status(order.order_id, "filled", timeout_s=SETTLE_S)
+    finally:
+        system.control(set_quote=SetQuote(symbol="USDJPY", bid=151.490, ask=151.500))  # (for the tests after)
+    assert row["filled_quantity"] == pytest.approx(0.2) and row["signal_id"] == signal_id
+    fills = system.query("SELECT deal, slippage_pips FROM suho_analytics.executions WHERE order_id = {id:UUID}", id=order.order_id)
+    assert sorted(deal for deal, _ in fills) == sorted(deal.deal for deal in report.deals)
+    assert all(slippage is not None for _, slippage in fills)
+    assert system.statuses_on_nats(order.order_id).count("submitted") == 1
+    assert not [d for d in system.dead_letters() if d["signal_id"] == payload["signal_id"]]
 
 
 @pytest.mark.parametrize(
