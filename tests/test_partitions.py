@@ -8,10 +8,11 @@ would change the subjects the other tests' streams store). The plan is pure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,19 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
     server = NatsServer(tmp_path_factory.mktemp("nats-partitions"))
     yield server
     server.stop()
+
+
+@contextlib.asynccontextmanager
+async def lease_bucket(server: NatsServer) -> AsyncIterator[tuple[Any, str]]:
+    """A JetStream context and the name of a lease bucket of the test's own, deleted after."""
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    bucket = f"L{uuid.uuid4().hex[:8]}"
+    try:
+        yield js, bucket
+    finally:
+        await js.delete_key_value(bucket)
+        await nc.close()
 
 
 def settings_for(server: NatsServer, partitions: int, **overrides: Any) -> Settings:
@@ -161,11 +175,8 @@ def test_a_partition_held_by_an_instance_that_is_gone_is_left_to_its_lease() -> 
 
 def test_a_lease_is_held_by_one_instance_renewed_by_revision_and_taken_over_once_it_expires(nats_server: NatsServer) -> None:
     async def run() -> None:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        bucket = f"L{uuid.uuid4().hex[:8]}"
-        first, second = Leases(js, bucket, "first", 2, 2.0), Leases(js, bucket, "second", 2, 2.0)
-        try:
+        async with lease_bucket(nats_server) as (js, bucket):
+            first, second = Leases(js, bucket, "first", 2, 2.0), Leases(js, bucket, "second", 2, 2.0)
             await first.join()
             await second.join()
             assert await first.take(0)
@@ -184,20 +195,14 @@ def test_a_lease_is_held_by_one_instance_renewed_by_revision_and_taken_over_once
             assert await first.renew() == [0] and 0 not in first.held
             await second.give_up(0)
             assert await first.take(0)  # handed back: free at once
-        finally:
-            await js.delete_key_value(bucket)
-            await nc.close()
 
     asyncio.run(run())
 
 
 def test_a_second_live_instance_with_the_same_id_is_refused(nats_server: NatsServer) -> None:
     async def run() -> None:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        bucket = f"L{uuid.uuid4().hex[:8]}"
-        original = Leases(js, bucket, "same", 1, 1.0)
-        try:
+        async with lease_bucket(nats_server) as (js, bucket):
+            original = Leases(js, bucket, "same", 1, 1.0)
             await original.join()
 
             async def keep_renewing() -> None:
@@ -211,9 +216,6 @@ def test_a_second_live_instance_with_the_same_id_is_refused(nats_server: NatsSer
             renewing.cancel()
             await asyncio.sleep(1.2)  # the original is gone: its presence expires, the id is free
             await Leases(js, bucket, "same", 1, 1.0).join()
-        finally:
-            await js.delete_key_value(bucket)
-            await nc.close()
 
     asyncio.run(run())
 
@@ -223,20 +225,14 @@ def test_a_dead_runs_last_renewal_landing_late_does_not_block_a_restart(nats_ser
     restart watches, and is not taken for a live duplicate (a CI host's server did just that)."""
 
     async def run() -> None:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        bucket = f"L{uuid.uuid4().hex[:8]}"
-        dead = Leases(js, bucket, "same", 1, 1.0)
-        try:
+        async with lease_bucket(nats_server) as (js, bucket):
+            dead = Leases(js, bucket, "same", 1, 1.0)
             await dead.join()
             restart = asyncio.create_task(Leases(js, bucket, "same", 1, 1.0).join())
             await asyncio.sleep(0.3)
             await dead.renew()  # its last one, landing late
             await asyncio.wait_for(restart, 10)
             assert (await (await dead.open()).get("instance.same")).value != dead.token
-        finally:
-            await js.delete_key_value(bucket)
-            await nc.close()
 
     asyncio.run(run())
 
@@ -246,18 +242,12 @@ def test_a_dead_runs_presence_that_the_server_expires_late_does_not_block_a_rest
     renews for a TTL is a dead run's, and the restart goes on."""
 
     async def run() -> None:
-        nc = await nats.connect(nats_server.url)
-        js = nc.jetstream()
-        bucket = f"L{uuid.uuid4().hex[:8]}"
-        try:
+        async with lease_bucket(nats_server) as (js, bucket):
             kv = await js.create_key_value(bucket=bucket, ttl=60, history=1)  # expires far too late
             await kv.put("instance.same", b"dead run")
             started = time.monotonic()
             await Leases(js, bucket, "same", 1, 1.0).join()
             assert 1.0 <= time.monotonic() - started < 5.0
             assert (await kv.get("instance.same")).value != b"dead run"
-        finally:
-            await js.delete_key_value(bucket)
-            await nc.close()
 
     asyncio.run(run())
