@@ -48,6 +48,12 @@ class Outbox:
         # as a dead letter) must not confirm this recorder's batch N.
         self.next_batch = max((sealed[-1] + 1) if sealed else 1, time.time_ns() // 1000)
         self._open = open(directory / OPEN_SEGMENT, "ab")
+        # A SIGKILL can stop a large append part way (Linux ends a file write between pages for
+        # a fatal signal): what this recorder appends starts on a line of its own, not glued
+        # to the cut one, where it would be unreadable although acknowledged.
+        if self._open.tell() and not (directory / OPEN_SEGMENT).read_bytes().endswith(b"\n"):
+            self._open.write(b"\n")
+            self._open.flush()
 
     def append(self, batch: Batch) -> None:
         self._open.write(_encoder.encode(batch) + b"\n")
@@ -94,5 +100,5 @@ def _read(path: Path) -> Batch:
             try:
                 batch.extend(_decoder.decode(line))
             except msgspec.DecodeError:
-                break  # a line cut short by a kill: everything before it is whole
+                continue  # a line cut short by a kill: the lines after it are whole (see Outbox)
     return batch

@@ -254,6 +254,24 @@ def test_batch_numbers_are_never_reused_by_a_successor(tmp_path: Path) -> None:
     assert Outbox(tmp_path).next_batch > used
 
 
+def test_what_a_recorder_appends_after_a_line_cut_short_by_a_kill_is_replayed(tmp_path: Path) -> None:
+    """The recorder before was killed part way through an append; the next one appended and
+    acknowledged hand-overs after it, then was killed too (the writers_killed scenario kills
+    recorders 0.1-0.4 s apart): the one after that replays all of them but the cut line."""
+    before, cut, after, last = (event(uuid.uuid4()) for _ in range(4))
+    first = Outbox(tmp_path)
+    first.append(Batch(events=[before]))
+    first._open.write(msgspec.json.encode(Batch(events=[cut]))[:150])  # the append the kill stopped
+    first._open.flush()
+    second = Outbox(tmp_path)
+    second.append(Batch(events=[after]))
+    second.seal()
+    second.append(Batch(events=[last]))
+    sealed, unflushed = Outbox(tmp_path).leftovers()
+    assert [e.event_id for _, batch in sealed for e in batch.events] == [before.event_id, after.event_id]
+    assert [e.event_id for e in unflushed.events] == [last.event_id]
+
+
 def test_an_outbox_is_replayed_by_the_last_owner_only(tmp_path: Path) -> None:
     """Another instance that served the partition since has rebuilt its orders without what the
     outbox holds and gone on from there: replayed, the old events would overwrite its own. The
