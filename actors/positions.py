@@ -19,6 +19,7 @@ from actors.base import RoleActor
 from messages.actor import (
     BrokerUpdate,
     Configure,
+    Delivered,
     FillsLoaded,
     FillsRecorded,
     GetPositions,
@@ -239,6 +240,7 @@ class PositionKeeper(RoleActor):
         if changed:
             self.hand_over(RecordPositions(changed))
             self.send(self.peers.supervisor, PositionsView(positions=[open_position_of(p) for p in changed], applied=dict(applied)))
+        self.send(sender, Delivered("positions", message.batch_id))  # (the recorder may now let the batch go)
 
     def receiveMsg_GetPositions(self, message: GetPositions, sender: Any) -> None:
         self.send(sender, PositionsSnapshot(list(self.book.positions.values())))

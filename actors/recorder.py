@@ -3,8 +3,8 @@
 Batches by size and time. What it is handed goes to its outbox on disk at once (so a killed
 recorder loses nothing), and nothing is acknowledged or passed on until it is in ClickHouse:
 after each successful flush it forwards the events to the archiver and the status publisher
-(which confirm them), the fills to the position keeper, and tells ingress which signals'
-orders are now recorded. A failing write is retried with backoff; the batch is kept.
+and the fills to the position keeper (which all confirm them), and tells ingress which
+signals' orders are now recorded. A failing write is retried with backoff; the batch is kept.
 
 What it is handed is acknowledged (``Recorded``) once it is in the outbox, in one message per
 sender per ACK_WINDOW_S; senders keep it until then and send it again to a successor (see
@@ -76,8 +76,11 @@ from service.taken import Taken
 log = Log(__name__)
 
 MAX_BACKOFF_S = 5.0
-# The sinks that confirm each batch; a batch leaves the outbox when both have it.
+# The sinks that confirm each batch of events; a batch leaves the outbox when both have it,
+# and the position keeper has applied its fills (KEEPER): a FillsRecorded still queued in this
+# process for a busy keeper dies with it, while the sinks' confirmations may have come.
 SINKS = ("archiver", "status_publisher")
+KEEPER = "positions"
 REATTACH = "reattach order_events"
 CHECKPOINT = "checkpoint the partition"
 # A partition's tree writes how far its events are confirmed by the sinks this often; its
@@ -99,7 +102,7 @@ class Recorder(RoleActor):
         super().__init__()
         self.opened: Store | None = None
         self.held = Batch()
-        # Sealed batches (in ClickHouse) -> the sinks that have not confirmed them yet.
+        # Sealed batches (in ClickHouse) -> the sinks (and KEEPER) that have not confirmed them yet.
         self.unconfirmed: dict[int, tuple[list[OrderEvent], set[str]]] = {}
         self.flush_scheduled = False
         self.backoff_s = 0.0
@@ -175,13 +178,9 @@ class Recorder(RoleActor):
         self.taken.add([e for _, batch in sealed for e in batch.events] + unflushed.events)
         for batch_id, batch in sealed:
             self.store.record_events(batch.events)
-            self.unconfirmed[batch_id] = (batch.events, set(SINKS))
-        # A recorder may die between writing a batch and telling the position keeper of its
-        # fills; a keeper that started with the tree loads them from ClickHouse instead.
-        fills = [e for _, batch in sealed for e in batch.events if e.fill is not None]
-        deals = [deal for _, batch in sealed for deal in batch.deals]
-        if (fills or deals) and self.peers.positions is not None:
-            self.send(self.peers.positions, FillsRecorded(fills, deals))
+            # (a keeper started with the tree loads the fills from ClickHouse instead)
+            keeper = self._tell_keeper(batch, batch_id) if self.peers.positions is not None else set()
+            self.unconfirmed[batch_id] = (batch.events, set(SINKS) | keeper)
         self.held = unflushed
         if sealed or unflushed:
             log.warning("outbox: replaying %d sealed batches and %d unflushed items", len(sealed), len(unflushed))
@@ -189,10 +188,14 @@ class Recorder(RoleActor):
             self._schedule()
 
     def receiveMsg_Peers(self, message: Peers, sender: Any) -> None:
-        """A sink was (re)started: what it had not confirmed goes to its successor."""
-        moved = {role for role in SINKS if getattr(message, role) != getattr(self.peers, role)}
+        """A sink was (re)started: what it had not confirmed goes to its successor. A new
+        position keeper loads every recorded fill from ClickHouse: nothing to confirm to it."""
+        moved = {role for role in (*SINKS, KEEPER) if getattr(message, role) != getattr(self.peers, role)}
         self.peers = message
-        self._republish(moved)
+        self._republish(moved - {KEEPER})
+        if KEEPER in moved:
+            for batch_id in list(self.unconfirmed):
+                self._confirmed(batch_id, KEEPER)
 
     def _republish(self, roles: set[str]) -> None:
         for batch_id, (events, waiting) in sorted(self.unconfirmed.items()):
@@ -334,13 +337,16 @@ class Recorder(RoleActor):
         self.wakeupAfter(timedelta(seconds=message.seconds), payload=REATTACH)
 
     def receiveMsg_Delivered(self, message: Delivered, sender: Any) -> None:
-        entry = self.unconfirmed.get(message.batch_id)
+        self._confirmed(message.batch_id, message.role)
+
+    def _confirmed(self, batch_id: int, role: str) -> None:
+        entry = self.unconfirmed.get(batch_id)
         if entry is None:
             return
-        entry[1].discard(message.role)
+        entry[1].discard(role)
         if not entry[1]:
-            del self.unconfirmed[message.batch_id]
-            self.outbox.done(message.batch_id)
+            del self.unconfirmed[batch_id]
+            self.outbox.done(batch_id)
             self._check_pressure()
         self._answer_drain()
 
@@ -391,20 +397,28 @@ class Recorder(RoleActor):
         self.backoff_s = 0.0
         self.held = Batch()
         batch_id = self.outbox.seal()
+        waiting: set[str] = set()
         if batch.events:
-            self.unconfirmed[batch_id] = (batch.events, set(SINKS))
+            waiting |= set(SINKS)
             for role in SINKS:
                 self.send(getattr(self.peers, role), Publish(batch.events, batch_id))
-            created = [e.order.signal_id for e in batch.events if e.kind is EventKind.CREATED]
-            if created:
-                self.send(self.peers.ingress, SignalsDurable(created))
+        if created := [e.order.signal_id for e in batch.events if e.kind is EventKind.CREATED]:
+            self.send(self.peers.ingress, SignalsDurable(created))
+        waiting |= self._tell_keeper(batch, batch_id)
+        if waiting:
+            self.unconfirmed[batch_id] = (batch.events, waiting)
         else:
             self.outbox.done(batch_id)
-        position_events = [e for e in batch.events if e.fill is not None or e.kind is EventKind.MODIFIED]
-        if position_events or batch.deals:
-            self.send(self.peers.positions, FillsRecorded(position_events, batch.deals))
         if self.drain_asker is not None and self.drain_barrier is None:
             self.drain_barrier = set(self.unconfirmed)  # what was held when the drain came is written
+
+    def _tell_keeper(self, batch: Batch, batch_id: int) -> set[str]:
+        """The batch's fills and new SL/TPs to the position keeper; {KEEPER} if there were any."""
+        events = [e for e in batch.events if e.fill is not None or e.kind is EventKind.MODIFIED]
+        if not events and not batch.deals:
+            return set()
+        self.send(self.peers.positions, FillsRecorded(events, batch.deals, batch_id))
+        return {KEEPER}
 
     def _write(self, batch: Batch) -> None:
         """Write the batch; one ClickHouse refuses for good is written item by item, and the

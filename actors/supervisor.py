@@ -829,7 +829,8 @@ class Supervisor(RoleActor):
     # --- shutdown -------------------------------------------------------------------------------------
 
     def receiveMsg_Drain(self, message: Drain, sender: Any) -> None:
-        """Flushed means: in ClickHouse, and confirmed by the archive and the status subjects."""
+        """Flushed means: in ClickHouse, confirmed by the archive and the status subjects, and
+        applied by the position keeper."""
         self.drain_asker = sender
         self.send(self.peers.recorder, Drain())
 

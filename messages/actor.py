@@ -318,17 +318,19 @@ class Publish(msgspec.Struct, frozen=True):
 
 
 class Delivered(msgspec.Struct, frozen=True):
-    """A sink has durably written batch ``batch_id``."""
+    """A sink has durably written batch ``batch_id``, or the position keeper has applied it."""
 
     role: str
     batch_id: int
 
 
 class FillsRecorded(msgspec.Struct, frozen=True):
-    """To the position keeper: recorded fill events, and MODIFIED events (new SL/TP)."""
+    """To the position keeper: recorded fill events, and MODIFIED events (new SL/TP), of the
+    recorder's batch ``batch_id`` (confirmed with Delivered once applied)."""
 
     events: list[OrderEvent]
     orphan_fills: list[Fill]
+    batch_id: int
 
 
 class PublishAlert(msgspec.Struct, frozen=True):

@@ -3,9 +3,10 @@
 Everything the recorder receives is appended to the open segment at once (a write to the
 OS, which survives the process being killed). A flush to ClickHouse seals the segment as a
 numbered batch; the batch file is deleted when the archive and the status subjects have
-confirmed it. A recorder that starts finds the batches and the open segment of the one
-before it and replays them: ClickHouse collapses rows it already had, JetStream drops
-statuses it already had (message ids), and the archive's readers count an event_id once.
+confirmed it and the position keeper has applied its fills. A recorder that starts finds the
+batches and the open segment of the one before it and replays them: ClickHouse collapses rows
+it already had, JetStream drops statuses it already had (message ids), the archive's readers
+count an event_id once, and the keeper applies a deal once.
 """
 
 from __future__ import annotations

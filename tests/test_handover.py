@@ -24,6 +24,8 @@ from messages.actor import (
     Assign,
     BrokerUpdate,
     Configure,
+    Delivered,
+    FillsRecorded,
     Orphan,
     Peers,
     QueryPositions,
@@ -36,6 +38,7 @@ from messages.actor import (
 from messages.enums import OrderType, Side
 from messages.order import Order, OrderEvent
 from model import order as model
+from service import mt5
 from service.config import Settings
 from service.outbox import Batch, Outbox
 from service.partitions import Share
@@ -245,6 +248,43 @@ def test_an_orders_hand_over_that_comes_before_the_one_before_it_waits_for_it(tm
                                     order_id=uuid.uuid4(), event_id="older:3")  # fmt: skip
     recorder.receiveMsg_Record(Record([older], ack=2, reply_to="actor-2"), "actor-2")
     assert recorder.held.events[-1] == older
+
+
+def test_a_batch_with_fills_leaves_the_outbox_only_once_the_position_keeper_has_applied_them(tmp_path: Path) -> None:
+    """The sinks may confirm a batch while its FillsRecorded is still queued in the recorder's
+    process for a busy keeper (Thespian's transmits each wait for the receiver's acknowledgement):
+    a recorder killed then must not have deleted the batch, or the keeper never hears of those fills."""
+    recorder = Recorder()
+    io = Captured(recorder, "recorder")
+    recorder.settings = Settings(run_dir=str(tmp_path))
+    recorder.peers = Peers(ingress="ingress", archiver="archiver", status_publisher="status", positions="keeper")
+    recorder.opened = object()
+    recorder.outbox = Outbox(tmp_path / "outbox")
+    recorder._write = lambda batch: None  # (ClickHouse took it)
+    order_id = uuid.uuid4()
+    order = history(order_id, model.Placed(555))[-1].order
+    events = history(order_id, model.Placed(555), mt5.report_of(deal_news(order, 1001)))
+    recorder.receiveMsg_Record(Record(events, ack=1, reply_to="actor"), "actor")
+    recorder._flush()
+    told = [m for target, m in io.sent if target == "keeper" and isinstance(m, FillsRecorded)]
+    assert [e.fill.deal for e in told[0].events if e.fill] == [1001]
+    for role in ("archiver", "status_publisher"):
+        recorder.receiveMsg_Delivered(Delivered(role, told[0].batch_id), role)
+    assert list((tmp_path / "outbox").glob("*.batch"))  # the keeper has not said it applied them
+    # Killed now: the next recorder tells the keeper again (it applies a deal once).
+    successor = Recorder()
+    replayed = Captured(successor, "recorder-2")
+    successor.settings, successor.peers = recorder.settings, recorder.peers
+    successor.opened = SimpleNamespace(record_events=lambda events: None)
+    successor.outbox = Outbox(tmp_path / "outbox")
+    successor._take_over_leftovers()
+    again = [m for target, m in replayed.sent if target == "keeper" and isinstance(m, FillsRecorded)]
+    assert [e.fill.deal for e in again[0].events if e.fill] == [1001]
+    successor.receiveMsg_Delivered(Delivered("positions", again[0].batch_id), "keeper")
+    successor.receiveMsg_Peers(Peers(ingress="ingress", archiver="archiver-2", status_publisher="status-2", positions="keeper"), "supervisor")
+    for role in ("archiver", "status_publisher"):
+        successor.receiveMsg_Delivered(Delivered(role, again[0].batch_id), role)
+    assert not list((tmp_path / "outbox").glob("*.batch")) and not successor.unconfirmed
 
 
 def test_batch_numbers_are_never_reused_by_a_successor(tmp_path: Path) -> None:
