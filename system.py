@@ -261,16 +261,23 @@ def ask_for(
     actor_system: ActorSystem, target: Any, message: Any, kind: type[T], timeout_s: float, gone: Callable[[], bool] | None = None
 ) -> T | None:
     """Ask and wait for an answer of ``kind``: a Thespian ask returns whatever reaches the
-    asker first, which may be the late answer to an earlier ask (one a signal interrupted).
-    ``gone``, checked every GONE_CHECK_S, ends a long wait early: the target's process died."""
+    asker first, which may be the late answer to an earlier ask (one that timed out, or that a
+    signal interrupted). A message with an ``asked`` token (GetStatus) takes only the answer
+    that carries it back. ``gone``, checked every GONE_CHECK_S, ends a long wait early: the
+    target's process died."""
+    token = getattr(message, "asked", None)
+
+    def wanted(answer: Any) -> bool:
+        return isinstance(answer, kind) and (token is None or getattr(answer, "asked", None) == token)
+
     deadline = time.monotonic() + timeout_s
     slice_s = timeout_s if gone is None else min(timeout_s, GONE_CHECK_S)
     answer = actor_system.ask(target, message, slice_s)
-    while not isinstance(answer, kind) and (left := deadline - time.monotonic()) > 0:
+    while not wanted(answer) and (left := deadline - time.monotonic()) > 0:
         if gone is not None and gone():
             return None
         answer = actor_system.listen(min(left, slice_s))
-    return answer if isinstance(answer, kind) else None
+    return answer if wanted(answer) else None
 
 
 def supervisor_pid(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JOIN_TIMEOUT_S) -> int:

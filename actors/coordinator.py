@@ -127,8 +127,11 @@ class Tree:
 
 @dataclass
 class StatusRound:
-    askers: list[Any] = field(default_factory=list)
+    # (who asked, their GetStatus's token): each is answered with its own.
+    askers: list[tuple[Any, str]] = field(default_factory=list)
     waiting: set[int] = field(default_factory=set)
+    # The trees' answers to this round's asks (not a late one to the round before).
+    asked: GetStatus = field(default_factory=GetStatus)
 
 
 class Coordinator(LoopActor):
@@ -392,15 +395,15 @@ class Coordinator(LoopActor):
         if self.status_round is None:
             self.status_round = StatusRound(waiting=set(self.trees))
             for tree in self.trees.values():
-                self.send(tree.supervisor, GetStatus())
+                self.send(tree.supervisor, self.status_round.asked)
             self.wakeupAfter(STATUS_WAIT, payload=STATUS)
-        self.status_round.askers.append(sender)
+        self.status_round.askers.append((sender, message.asked))
         if not self.status_round.waiting:
             self._answer_status()
 
     def receiveMsg_ServiceStatus(self, message: ServiceStatus, sender: Any) -> None:
         partition = next((p for p, tree in self.trees.items() if tree.supervisor == sender), None)
-        if partition is None or self.status_round is None:
+        if partition is None or self.status_round is None or message.asked != self.status_round.asked.asked:
             return
         self.trees[partition].status = message
         self.status_round.waiting.discard(partition)
@@ -433,8 +436,8 @@ class Coordinator(LoopActor):
             serving={p: None if p in waiting or tree.started_after_s is None else tree.status for p, tree in self.trees.items()},
             took_over_s=took_over,
         )
-        for asker in askers:
-            self.send(asker, answer)
+        for asker, asked in askers:
+            self.send(asker, msgspec.structs.replace(answer, asked=asked))
 
     def doing(self) -> str:
         serving = ", ".join(str(p) for p in sorted(self.trees)) or "none"

@@ -702,6 +702,7 @@ class Supervisor(RoleActor):
                 recovered_orders=self.recovered,
                 reconciling_orders=len(self.reconciling),
                 reconciled_after_s=self.reconciled_after_s,
+                asked=message.asked,
             ),
         )
 

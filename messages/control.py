@@ -133,8 +133,16 @@ class SignalAlert(msgspec.Struct, frozen=True):
 # --- status -------------------------------------------------------------------------------
 
 
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
 class GetStatus(msgspec.Struct, frozen=True):
-    """To the supervisor; answered with ServiceStatus."""
+    """To a supervisor (answered with ServiceStatus) or a coordinator (InstanceStatus). The answer
+    carries ``asked`` back: Thespian gives an asker whatever reaches it first, which may be the
+    late answer to an ask that timed out, and system.ask_for takes only its own."""
+
+    asked: str = msgspec.field(default_factory=_token)
 
 
 class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -147,6 +155,7 @@ class ServiceStatus(msgspec.Struct, frozen=True, kw_only=True):
     recovered_orders: int
     reconciling_orders: int
     reconciled_after_s: float | None
+    asked: str = ""  # the GetStatus answered
 
 
 class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -158,6 +167,7 @@ class InstanceStatus(msgspec.Struct, frozen=True, kw_only=True):
     serving: dict[int, ServiceStatus | None]
     # partition -> seconds from taking its lease to every order it rebuilt reconciled.
     took_over_s: dict[int, float]
+    asked: str = ""  # the GetStatus answered
 
 
 class CheckServers(msgspec.Struct, frozen=True):

@@ -233,14 +233,16 @@ def tree_status(client: Client) -> Health:
 
 
 def gather(client: Client, asks: list[tuple[Any, Any]], timeout_s: float) -> list[Any]:
-    """Ask several actors at once; the answers that came within ``timeout_s``."""
+    """Ask several actors at once; the answers that came within ``timeout_s`` (a status only if
+    it carries back the token of this gathering's GetStatus, not an earlier one's)."""
     for target, message in asks:
         client.actor_system.tell(target, message)
+    tokens = {message.asked for _, message in asks if isinstance(message, GetStatus)}
     answers: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(answers) < len(asks) and (left := deadline - time.monotonic()) > 0:
         answer = client.actor_system.listen(left)
-        if isinstance(answer, Pong | ServersChecked | ServiceStatus | SinkLag):
+        if isinstance(answer, Pong | ServersChecked | SinkLag) or isinstance(answer, ServiceStatus) and answer.asked in tokens:
             answers.append(answer)
     return answers
 

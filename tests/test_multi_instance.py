@@ -63,8 +63,8 @@ def test_a_dead_instances_partitions_are_taken_over_rebuilt_reconciled_and_serve
         now = wait_until(cluster.all_served_and_reconciled, TAKEOVER_S, 0.2, "the survivor to take every partition over")
         took = time.monotonic() - killed_at
         assert set(now.values()) == {survivor.name}
-        # Polled: an answer to an ask that timed out during the takeover reaches a later ask
-        # first (Thespian gives an asker whatever comes), and shows the trees not up yet.
+        # Polled: a tree still busy with the takeover may miss the coordinator's status round
+        # (it shows None until it answers one).
         status = wait_until(
             lambda: (s := survivor.status()) is not None and all(s.serving.get(p) is not None for p in victims) and s,
             15, 0.2, "the survivor's status to show the trees it took over",

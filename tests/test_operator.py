@@ -25,9 +25,10 @@ from ports import free_port
 
 from actors.watchdog import Watchdog
 from messages.actor import Ping, Pong
+from messages.control import GetStatus, ServiceStatus
 from service.processes import kill_session, pids, session_members, started_at
 from simulator.control import SetQuote
-from system import DRAIN_TIMEOUT_S, WATCHDOG_NAME, admin_port_open, join
+from system import DRAIN_TIMEOUT_S, WATCHDOG_NAME, admin_port_open, ask_for, join
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # A parent that starts the launcher and then waits: killing it orphans the launcher.
@@ -114,6 +115,16 @@ def test_a_second_start_on_the_admin_port_is_refused_at_once_and_touches_nothing
     assert isinstance(system.ask("supervisor", Ping()), Pong)
     ps = system.cli("ps")
     assert ps.returncode == 0 and ps.stdout.count("Recorder") == 1, ps
+
+
+def test_a_status_answer_that_came_late_is_not_taken_for_the_next_asks(system: RunningSystem) -> None:
+    """Thespian gives an asker whatever reaches it first: the answer to an ask that timed out
+    waits in the client's inbox. The next ask takes only its own answer."""
+    late = GetStatus()
+    system.actor_system.tell(system.supervisor, late)
+    time.sleep(0.5)  # its answer reaches the client's inbox, and waits there
+    status = ask_for(system.actor_system, system.supervisor, GetStatus(), ServiceStatus, 10)
+    assert status is not None and status.asked and status.asked != late.asked
 
 
 def test_show_takes_a_full_id_or_the_start_of_either(system: RunningSystem) -> None:
