@@ -130,8 +130,6 @@ class StatusRound:
     # (who asked, their GetStatus's token): each is answered with its own.
     askers: list[tuple[Any, str]] = field(default_factory=list)
     waiting: set[int] = field(default_factory=set)
-    # The trees' answers to this round's asks (not a late one to the round before).
-    asked: GetStatus = field(default_factory=GetStatus)
 
 
 class Coordinator(LoopActor):
@@ -395,7 +393,7 @@ class Coordinator(LoopActor):
         if self.status_round is None:
             self.status_round = StatusRound(waiting=set(self.trees))
             for tree in self.trees.values():
-                self.send(tree.supervisor, self.status_round.asked)
+                self.send(tree.supervisor, GetStatus())
             self.wakeupAfter(STATUS_WAIT, payload=STATUS)
         self.status_round.askers.append((sender, message.asked))
         if not self.status_round.waiting:
@@ -403,7 +401,8 @@ class Coordinator(LoopActor):
 
     def receiveMsg_ServiceStatus(self, message: ServiceStatus, sender: Any) -> None:
         partition = next((p for p, tree in self.trees.items() if tree.supervisor == sender), None)
-        if partition is None or self.status_round is None or message.asked != self.status_round.asked.asked:
+        # (a late answer to the round before counts too: a status a moment old, from a busy tree)
+        if partition is None or self.status_round is None:
             return
         self.trees[partition].status = message
         self.status_round.waiting.discard(partition)
