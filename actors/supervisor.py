@@ -120,7 +120,8 @@ REHYDRATE_TIMEOUT = timedelta(seconds=10)
 
 
 def order_from_signal(signal: TradingSignal, settings: Settings, close: tuple[int | None, float] | None = None) -> Order:
-    """The one order an executable signal gives (model.pretrade.check_signal has passed);
+    """The one order an executable signal gives (model.pretrade.check_signal has passed, or the
+    broker has the order already: Supervisor._adopt);
     a close names the position it closes and how much of it (``close``)."""
     side = Side.BUY if signal.signal_type in (SignalType.BUY, SignalType.CLOSE_SHORT) else Side.SELL
     order_type = OrderType.MARKET if signal.closes else signal.order_type or OrderType(settings.default_order_type)
