@@ -257,7 +257,10 @@ def pss_mb(pids: list[int]) -> float:
 
 
 def supervisor_counts(system: RunningSystem) -> dict[str, int]:
-    pong: Pong = system.ask("supervisor", Ping())
+    """What the supervisor says it holds; nothing while it is too busy to answer (recovering)."""
+    pong = system.ask("supervisor", Ping())
+    if not isinstance(pong, Pong):
+        return {}
     words = pong.doing.replace(",", "").split()
     return {words[i + 1]: int(words[i]) for i in range(0, len(words) - 1, 2) if words[i].isdigit()}
 
