@@ -115,6 +115,10 @@ STATUS_QUERY_CHUNK = 500
 EXPIRY_GRACE = timedelta(seconds=5)
 CLOSE_WAIT = timedelta(seconds=5)
 DEFERRED_CLOSES = "deferred closes"
+# A recovered resting order the broker has not answered for (a status query lost or timed out
+# on a loaded connector) is asked about again this soon, not at the next periodic sweep.
+RECOVERY_ASK_AGAIN = timedelta(seconds=5)
+RECOVERY_UNANSWERED = "recovered orders unanswered"
 RELEASED_KEPT = timedelta(seconds=60)
 REHYDRATE_TIMEOUT = timedelta(seconds=10)
 
@@ -251,6 +255,7 @@ class Supervisor(RoleActor):
             self.awaiting_ready.discard(message.role)
             if message.role == "gateway":
                 self._sweep_resting()  # the broker can be asked about recovered orders now
+                self.wakeupAfter(RECOVERY_ASK_AGAIN, payload=RECOVERY_UNANSWERED)
             if not self.awaiting_ready and self.peers.ingress is None:
                 self._start_ingress()
         elif message.role == "ingress" and self.starter is not None:
@@ -734,6 +739,9 @@ class Supervisor(RoleActor):
         if message.payload == DEFERRED_CLOSES:
             self._retry_deferred_closes()  # those past CLOSE_WAIT are declined now
             return
+        if message.payload == RECOVERY_UNANSWERED:
+            self._ask_again_about_recovered()
+            return
         now = datetime.now(UTC)
         window = timedelta(hours=self.settings.idempotency_window_hours)
         self.known = {s: v for s, v in self.known.items() if now - v[2] <= window}
@@ -747,11 +755,22 @@ class Supervisor(RoleActor):
         self._sweep_resting()
         self.wakeupAfter(timedelta(seconds=self.settings.reconcile_interval_s))
 
-    def _sweep_resting(self) -> None:
-        """Ask the broker about every resting order; the reports come back as BrokerUpdate."""
-        resting = list(self.resting)
+    def _sweep_resting(self, only: set[uuid.UUID] | None = None) -> None:
+        """Ask the broker about every resting order (or those of `only`); the reports come back
+        as BrokerUpdate."""
+        resting = [order_id for order_id in self.resting if only is None or order_id in only]
         for start in range(0, len(resting), STATUS_QUERY_CHUNK):
             self.send(self.peers.gateway, QueryBroker(resting[start : start + STATUS_QUERY_CHUNK]))
+
+    def _ask_again_about_recovered(self) -> None:
+        """Until every recovered resting order is reconciled; an order an actor holds asks the
+        broker on its own timer."""
+        unanswered = self.reconciling & self.resting.keys()
+        if unanswered:
+            log.warning("recovery: the broker has not answered for %d resting orders yet; asking again", len(unanswered))
+            self._sweep_resting(only=unanswered)
+        if self.reconciling:
+            self.wakeupAfter(RECOVERY_ASK_AGAIN, payload=RECOVERY_UNANSWERED)
 
     def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
         if not self.stopping:

@@ -136,6 +136,25 @@ def test_a_halt_refuses_signals_with_one_alert_survives_a_restart_and_resume_exe
     assert rows == [(True, halt_id), (False, None)], rows
 
 
+def test_a_recovered_resting_order_the_broker_did_not_answer_for_is_asked_about_again(system: RunningSystem) -> None:
+    """A recovery's status query can go unanswered (a connector silent, or too busy to answer
+    in time): the order is asked about again within seconds, not at the next sweep (an hour
+    here), which is what a benchmark's recovery of 1,000 orders once waited for."""
+    resting_limit_order(system)
+    system.stop_service()
+    log = system.logs / "service.log"
+    unanswered = log.read_text().count("connector did not answer mt5.order_status")
+    system.control(silent_for_s=60)
+    try:
+        system.start_service()
+        wait_until(lambda: log.read_text().count("connector did not answer mt5.order_status") > unanswered, what="the unanswered status query")
+        assert status(system)["reconciling_orders"] >= 1
+    finally:
+        system.control(silent_for_s=0)
+    wait_until(lambda: status(system)["reconciling_orders"] == 0, 15, 0.5, "the recovered orders reconciled")
+    assert "recovery: the broker has not answered for" in log.read_text()
+
+
 def test_a_halt_that_cancels_resting_cancels_a_resting_limit_order_at_the_broker(system: RunningSystem) -> None:
     order_id, _ = resting_limit_order(system)
     out = ok(system.cli("halt", "--cancel-resting", "--reason", "close of day"))
