@@ -89,12 +89,11 @@ def open_position(fill: Fill, stop_loss: float | None, take_profit: float | None
 
 def add_to(position: Position, fill: Fill, at: datetime) -> Position:
     """Another entry deal of the same position ticket (a partial fill of its order)."""
-    quantity = position.quantity + fill.fill_quantity
-    entry = (position.entry_price * position.quantity + fill.fill_price * fill.fill_quantity) / quantity
+    spec = SYMBOLS[position.symbol]
     return msgspec.structs.replace(
         position,
-        quantity=round(quantity, 8),
-        entry_price=entry,
+        quantity=spec.volume_of(spec.steps(position.quantity) + spec.steps(fill.fill_quantity)),
+        entry_price=spec.average_price(position.entry_price, position.quantity, fill.fill_price, fill.fill_quantity),
         commission_total=position.commission_total + fill.commission,
         deals=(*position.deals, fill.deal),
         updated_at=at,
@@ -109,7 +108,7 @@ def reduce(position: Position, fill: Fill, at: datetime) -> Position:
     volume = spec.volume_of(min(spec.steps(fill.fill_quantity), held_steps))
     realized = position.realized_pnl + (fill.fill_price - position.entry_price) * direction * volume * spec.contract_size
     closed_quantity = spec.volume_of(spec.steps(position.closed_quantity) + spec.steps(volume))
-    exit_price = ((position.exit_price or 0.0) * position.closed_quantity + fill.fill_price * volume) / closed_quantity
+    exit_price = spec.average_price(position.exit_price, position.closed_quantity, fill.fill_price, volume)
     remaining = spec.volume_of(held_steps - spec.steps(volume))
     changes: dict[str, object] = {}
     if not remaining:

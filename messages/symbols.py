@@ -48,6 +48,15 @@ class SymbolSpec(msgspec.Struct, frozen=True, kw_only=True):
     def price_of(self, points: int | Decimal) -> float:
         return float(Decimal(points).scaleb(-self.digits))
 
+    def average_price(self, price: float | None, volume: float, added_price: float, added_volume: float) -> float:
+        """The volume-weighted average of ``price`` held for ``volume`` and ``added_price`` for
+        ``added_volume``, exactly, to a ten-thousandth of a point (an average falls between points)."""
+        held, added = self.steps(volume), self.steps(added_volume)
+        if held + added == 0:
+            return added_price
+        total = Decimal(repr(price or 0.0)) * held + Decimal(repr(added_price)) * added
+        return float((total / (held + added)).quantize(Decimal(1).scaleb(-self.digits - 4)))
+
     def round_price(self, price: float) -> float:
         return round(price, self.digits)
 

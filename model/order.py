@@ -558,7 +558,7 @@ class _Deciding:
             fill=priced(fill, order.expected_price, spec),
             phase=phase,
             filled_quantity=spec.volume_of(filled),
-            average_fill_price=_average(order, fill, spec),
+            average_fill_price=spec.average_price(order.average_fill_price, order.filled_quantity, fill.fill_price, fill.fill_quantity),
             commission=float(Decimal(repr(order.commission)) + Decimal(repr(fill.commission))),
             deals=(*order.deals, fill.deal),
             broker_order_id=order.broker_order_id or str(fill.ticket),
@@ -715,15 +715,6 @@ def _news_in(order: Order, report: Status) -> bool:
 
 def _spec(order: Order) -> SymbolSpec:
     return SYMBOLS[order.symbol]
-
-
-def _average(order: Order, fill: Fill, spec: SymbolSpec) -> float:
-    """The volume-weighted average price after ``fill``, in points, to a ten-thousandth of a point."""
-    before = spec.steps(order.filled_quantity)
-    added = spec.steps(fill.fill_quantity)
-    average = Decimal(repr(order.average_fill_price or 0.0)).scaleb(spec.digits)
-    total = average * before + Decimal(spec.points(fill.fill_price)) * added
-    return spec.price_of((total / (before + added)).quantize(Decimal("0.0001")))
 
 
 def priced(fill: Fill, expected_price: float | None, spec: SymbolSpec) -> Fill:

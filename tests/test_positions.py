@@ -29,9 +29,19 @@ def test_partial_entry_fills_build_one_position_at_the_weighted_price() -> None:
     book = PositionBook()
     book.apply(fill(1, 10, Side.BUY, 0.4, 1.1000), 1.0950, 1.1100, T0)
     (position,) = book.apply(fill(2, 10, Side.BUY, 0.6, 1.1010), None, None, T0)
-    assert position.quantity == pytest.approx(1.0)
-    assert position.entry_price == pytest.approx(1.1006)
+    assert position.quantity == 1.0 and position.entry_price == 1.1006  # exactly, as the order's average
     assert position.stop_loss == 1.0950 and position.side.value == "long"
+
+
+def test_the_weighted_entry_and_exit_prices_are_exact_not_float_sums() -> None:
+    """The demo's partial fill: 5 + 3 lots at 1.26505 and 1.26507 showed 1.2650575000000002."""
+    book = PositionBook()
+    book.apply(fill(1, 10, Side.BUY, 5.0, 1.26505, symbol="GBPUSD"), None, None, T0)
+    (position,) = book.apply(fill(2, 10, Side.BUY, 3.0, 1.26507, symbol="GBPUSD"), None, None, T0)
+    assert position.quantity == 8.0 and position.entry_price == 1.2650575
+    book.apply(fill(3, 10, Side.SELL, 0.7, 1.26601, DealEntry.OUT, symbol="GBPUSD"), None, None, T0)
+    (closed,) = book.apply(fill(4, 10, Side.SELL, 7.3, 1.26603, DealEntry.OUT, symbol="GBPUSD"), None, None, T0)
+    assert closed.exit_price == 1.26602825 and closed.closed_quantity == 8.0
 
 
 def test_a_take_profit_close_realizes_pnl_and_r_multiple() -> None:
