@@ -36,7 +36,7 @@ from messages.actor import Drain, Drained, GetPeers, NotStarted, Peers, Ping, Po
 from messages.control import GetStatus, ServiceStatus
 from service import metrics
 from service.config import Settings
-from service.processes import die_with_parent, kill_session, own_start, session_members, started_at
+from service.processes import die_with_parent, kill_session, own_start, parent_of, session_members, started_at
 
 log = logging.getLogger("execution-service")
 
@@ -292,17 +292,18 @@ def session_of(actor_system: ActorSystem, supervisor: Any, timeout_s: float = JO
     return os.getsid(supervisor_pid(actor_system, supervisor, timeout_s))
 
 
-def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True, supervisor_gone: Callable[[], bool] | None = None) -> None:
+def stop(actor_system: ActorSystem, supervisor: Any, session: int, drain: bool = True, tree_gone: Callable[[], bool] | None = None) -> None:
     """Drain (held writes reach ClickHouse, the archive and the status subjects), shut the
-    actor system down, and kill whatever of its session outlives that. A supervisor that dies
-    meanwhile is not waited for (a SIGTERM to every process of the service at once, as
-    systemd's default stop sends): what it held is in the outbox, for the next start."""
-    if drain and ask_for(actor_system, supervisor, Drain(), Drained, DRAIN_TIMEOUT_S, supervisor_gone) is None:
-        if supervisor_gone is not None and supervisor_gone():
-            log.warning("the supervisor died before the drain finished: the next start replays its outbox")
+    actor system down, and kill whatever of its session outlives that. A tree that dies
+    meanwhile is neither drained nor shut down (a SIGTERM to every process of the service at
+    once, as systemd's default stop sends): what it held is in the outbox, for the next start."""
+    if drain and ask_for(actor_system, supervisor, Drain(), Drained, DRAIN_TIMEOUT_S, tree_gone) is None:
+        if tree_gone is not None and tree_gone():
+            log.warning("the actor system died before the drain finished: the next start replays its outbox")
         else:
             log.error("drain did not finish within %ds; shutting down anyway", DRAIN_TIMEOUT_S)
-    actor_system.shutdown()
+    if tree_gone is None or not tree_gone():
+        actor_system.shutdown()
     if left := wait_gone(session):
         log.warning("%d processes outlived the shutdown of the actor system: killed", len(left))
         kill_session(session)
@@ -326,7 +327,8 @@ class Service:
             root, name = root_of(settings)
             self.supervisor = self.actor_system.createActor(root, globalName=name)
             pid = supervisor_pid(self.actor_system, self.supervisor, START_TIMEOUT_S)
-            self.session, self.supervisor_process = os.getsid(pid), (pid, started_at(pid))
+            admin = parent_of(pid)  # the root actor is forked by the admin
+            self.session, self.vital = os.getsid(pid), [(pid, started_at(pid)), (admin, started_at(admin))]
             launcher = LauncherRecord(os.getpid(), own_start(), settings.admin_port, self.session)
             record_path(settings).write_bytes(msgspec.json.encode(launcher))
             watchdog = self.actor_system.createActor(Watchdog, globalName=WATCHDOG_NAME)
@@ -353,9 +355,12 @@ class Service:
     def alive(self) -> bool:
         return isinstance(self.actor_system.ask(self.supervisor, Ping(), PING_TIMEOUT_S), Pong)
 
-    def supervisor_gone(self) -> bool:
-        pid, start = self.supervisor_process
-        return started_at(pid) != start
+    def tree_gone(self) -> bool:
+        """The root actor's process or the admin's is gone. Either way the tree cannot go on:
+        it is dead or dying (a SIGTERM to every process kills the admin at once, while a
+        supervisor that replaced a child dying of it waits for that new child to exit), and
+        without its admin nothing can join it."""
+        return any(started_at(pid) != start for pid, start in self.vital)
 
     def reconciled_after(self) -> float | None:
         """How long after the state was loaded the last recovered order was reconciled (None: not yet)."""
@@ -364,7 +369,7 @@ class Service:
 
     def stop(self) -> None:
         self.signals.ignore()
-        stop(self.actor_system, self.supervisor, self.session, supervisor_gone=self.supervisor_gone)
+        stop(self.actor_system, self.supervisor, self.session, tree_gone=self.tree_gone)
         record_path(self.settings).unlink(missing_ok=True)
 
 
@@ -396,14 +401,14 @@ def run(settings: Settings) -> None:
         reconciling = recovered > 0
         while True:
             time.sleep(HEALTH_INTERVAL_S)
-            # A supervisor whose process is gone is dead at once; one that is only slow to answer
-            # (a backlog of signals ahead of the ping) is given MISSED_PINGS * PING_TIMEOUT_S.
-            missed = MISSED_PINGS if service.supervisor_gone() else 0 if service.alive() else missed + 1
+            # A tree whose root or admin process is gone is dead at once; a supervisor that is only
+            # slow to answer (a backlog of signals ahead of the ping) is given MISSED_PINGS * PING_TIMEOUT_S.
+            missed = MISSED_PINGS if service.tree_gone() else 0 if service.alive() else missed + 1
             if reconciling and (took := service.reconciled_after()) is not None:
                 print(f"recovery: all {recovered} open orders reconciled with the broker {took:.2f}s after the state was loaded", flush=True)
                 reconciling = False
             if missed >= MISSED_PINGS:
-                why = "its process is gone" if service.supervisor_gone() else f"it has not answered {missed} pings"
+                why = "its or the admin's process is gone" if service.tree_gone() else f"it has not answered {missed} pings"
                 log.error("the supervisor is lost (%s): restarting the whole service", why)
                 signals.ignore()
                 kill_session(service.session)

@@ -9,6 +9,7 @@ last recorded snapshot and reconciled with the broker before anything else.
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections import deque
 from datetime import UTC, datetime, timedelta
@@ -231,6 +232,21 @@ class Supervisor(RoleActor):
         self.reconciled_after_s: float | None = None
         # What this tree serves: a partition, or everything (a single instance).
         self.share = EVERYTHING
+        self._stop_at_sigterm()
+
+    def _stop_at_sigterm(self) -> None:
+        """Thespian makes a SIGTERM an ActorExitRequest, but queues it behind the deaths of the
+        children that the same SIGTERM (to every process of the service) kills: replaced
+        meanwhile, their successors got no SIGTERM, and Thespian waits for every child to exit."""
+        exit_request = signal.getsignal(signal.SIGTERM)
+        if not callable(exit_request):
+            return  # (not forked by Thespian: a test's instance)
+
+        def stopping(signum: int, frame: Any) -> None:
+            self.stopping = True
+            exit_request(signum, frame)
+
+        signal.signal(signal.SIGTERM, stopping)
 
     # --- start-up ------------------------------------------------------------------------------
 

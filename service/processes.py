@@ -33,6 +33,11 @@ def started_at(pid: int) -> int | None:
     return None
 
 
+def parent_of(pid: int) -> int:
+    """The pid of a process's parent (OSError if there is no such process)."""
+    return int(_stat(pid)[1])
+
+
 def own_start() -> int:
     """When this process started (clock ticks since boot)."""
     return int(_stat("self")[19])
