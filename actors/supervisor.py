@@ -9,10 +9,11 @@ last recorded snapshot and reconciled with the broker before anything else.
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from signal import SIGTERM, getsignal
+from signal import signal as set_handler
 from typing import Any
 
 import msgspec
@@ -238,7 +239,7 @@ class Supervisor(RoleActor):
         """Thespian makes a SIGTERM an ActorExitRequest, but queues it behind the deaths of the
         children that the same SIGTERM (to every process of the service) kills: replaced
         meanwhile, their successors got no SIGTERM, and Thespian waits for every child to exit."""
-        exit_request = signal.getsignal(signal.SIGTERM)
+        exit_request = getsignal(SIGTERM)
         if not callable(exit_request):
             return  # (not forked by Thespian: a test's instance)
 
@@ -246,7 +247,7 @@ class Supervisor(RoleActor):
             self.stopping = True
             exit_request(signum, frame)
 
-        signal.signal(signal.SIGTERM, stopping)
+        set_handler(SIGTERM, stopping)
 
     # --- start-up ------------------------------------------------------------------------------
 

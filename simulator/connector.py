@@ -174,9 +174,12 @@ class Connector:
         log.info("simulated mt5-connector up on %s (seed %s, prefix %s)", self.config.nats_server, self.config.seed, self.config.stream_prefix)
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        # Cancelled until done: on Python 3.11 asyncio.wait_for (under nats-py's requests) can
+        # swallow a cancellation that comes just as its answer does, and the loop goes on.
+        while pending := [task for task in self._loops if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.1)
         if self._delayed:
             await asyncio.wait(self._delayed, timeout=PUBLISH_TIMEOUT_S)
         await self._go_offline()
