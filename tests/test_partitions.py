@@ -215,9 +215,9 @@ def test_a_second_live_instance_with_the_same_id_is_refused(nats_server: NatsSer
             renewing = asyncio.create_task(keep_renewing())
             with pytest.raises(DuplicateInstance, match="'same'"):
                 await Leases(js, bucket, "same", 1, 1.0).join()
-            # Not cancel() alone: on Python 3.11 asyncio.wait_for (under nats-py's request) can
-            # swallow a cancellation that comes as its answer does, and the renewing went on
-            # (a fresh-clone CI run: the id was still renewed, the last join refused).
+            # Stopped by a flag, not cancel(): on Python 3.11 asyncio.wait_for (under nats-py's
+            # requests) can swallow a cancellation that comes as its answer does, and the renewing
+            # went on (a fresh-clone CI run: the id was still renewed, the last join refused).
             stopped.set()
             await renewing
             await asyncio.sleep(1.2)  # the original is gone: its presence expires, the id is free
